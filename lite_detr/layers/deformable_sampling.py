@@ -1,0 +1,120 @@
+"""Argument checks and sampling locations shared by the multi-scale deformable attentions."""
+
+import torch
+
+__all__ = ["check_deformable_attention_inputs", "compute_sampling_locations"]
+
+
+def _shape(t: torch.Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_deformable_attention_inputs(
+    module_name: str,
+    embed_dim: int,
+    num_levels: int,
+    query: torch.Tensor,
+    value: torch.Tensor,
+    reference_points: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    query_pos: torch.Tensor | None,
+) -> None:
+    """
+    Raise ValueError naming the offending argument when the inputs of a deformable attention
+    module have the wrong shape, dtype or device. Argument shapes are those of
+    :meth:`MultiScaleDeformableAttention.forward`.
+    """
+    if query.dim() != 3 or query.shape[-1] != embed_dim:
+        raise ValueError(f"{module_name}: query must be (N, Lq, {embed_dim}), got {_shape(query)}")
+    n, lq = query.shape[:2]
+    if value.dim() != 3 or value.shape[0] != n or value.shape[-1] != embed_dim:
+        raise ValueError(
+            f"{module_name}: value must be ({n}, S, {embed_dim}) to match query, got "
+            f"{_shape(value)}"
+        )
+    if query_pos is not None and query_pos.shape != query.shape:
+        raise ValueError(
+            f"{module_name}: query_pos must have the shape of query {_shape(query)}, got "
+            f"{_shape(query_pos)}"
+        )
+    if spatial_shapes.shape != (num_levels, 2) or spatial_shapes.dtype != torch.int64:
+        raise ValueError(
+            f"{module_name}: spatial_shapes must be a ({num_levels}, 2) int64 tensor of (H, W), "
+            f"got shape {_shape(spatial_shapes)} and dtype {spatial_shapes.dtype}"
+        )
+    if level_start_index.shape != (num_levels,) or level_start_index.dtype != torch.int64:
+        raise ValueError(
+            f"{module_name}: level_start_index must be a ({num_levels},) int64 tensor, got shape "
+            f"{_shape(level_start_index)} and dtype {level_start_index.dtype}"
+        )
+    if (
+        reference_points.dim() != 4
+        or reference_points.shape[:3] != (n, lq, num_levels)
+        or reference_points.shape[-1] not in (2, 4)
+    ):
+        raise ValueError(
+            f"{module_name}: reference_points must be ({n}, {lq}, {num_levels}, 2) normalised xy "
+            f"or ({n}, {lq}, {num_levels}, 4) cxcywh boxes, got {_shape(reference_points)}"
+        )
+    s = value.shape[1]
+    if key_padding_mask is not None and (
+        key_padding_mask.shape != (n, s) or key_padding_mask.dtype != torch.bool
+    ):
+        raise ValueError(
+            f"{module_name}: key_padding_mask must be a ({n}, {s}) bool tensor, got shape "
+            f"{_shape(key_padding_mask)} and dtype {key_padding_mask.dtype}"
+        )
+    named = {
+        "value": value,
+        "reference_points": reference_points,
+        "spatial_shapes": spatial_shapes,
+        "level_start_index": level_start_index,
+        "key_padding_mask": key_padding_mask,
+        "query_pos": query_pos,
+    }
+    for name, t in named.items():
+        if t is not None and t.device != query.device:
+            raise ValueError(
+                f"{module_name}: {name} is on {t.device} but query is on {query.device}"
+            )
+    # data-dependent check (one host sync); skipped while tracing so that graphs stay static
+    if not torch.jit.is_tracing():
+        total = int(spatial_shapes.prod(1).sum())
+        if total != s:
+            raise ValueError(
+                f"{module_name}: value has S={s} tokens but spatial_shapes "
+                f"{spatial_shapes.tolist()} sum to {total}"
+            )
+
+
+def compute_sampling_locations(
+    reference_points: torch.Tensor, sampling_offsets: torch.Tensor, spatial_shapes: torch.Tensor
+) -> torch.Tensor:
+    """
+    Turn predicted offsets into normalised sampling locations (Deformable DETR, eq. 3).
+
+    Args:
+        reference_points (Tensor): (N, Lq, L, 2) normalised (x, y), or (N, Lq, L, 4) normalised
+            (cx, cy, w, h) boxes.
+        sampling_offsets (Tensor): (N, Lq, M, L, P, 2) offsets (x, y). For 2-D references they
+            are in pixels of level l; for boxes, in units of half the box size times P.
+        spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+
+    Returns:
+        Tensor: (N, Lq, M, L, P, 2) normalised (x, y) sampling locations.
+    """
+    if reference_points.shape[-1] == 2:
+        # loc = ref + offset / (W_l, H_l)
+        normalizer = spatial_shapes.flip(-1).to(sampling_offsets.dtype)  # (L, 2) as (W, H)
+        return (
+            reference_points[:, :, None, :, None, :]
+            + sampling_offsets / normalizer[None, None, None, :, None, :]
+        )
+    # loc = ref.xy + offset / P * ref.wh / 2
+    num_points = sampling_offsets.shape[4]
+    return (
+        reference_points[:, :, None, :, None, :2]
+        + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+    )

@@ -1,0 +1,126 @@
+"""The baseline encoder of Deformable DETR and DINO: every token is a query in every layer."""
+
+import torch
+from torch import nn
+
+from .encoder_layer import (
+    ATTENTION_TYPES,
+    DeformableEncoderLayer,
+    check_encoder_inputs,
+    get_reference_points,
+)
+
+__all__ = ["DeformableEncoder"]
+
+
+class DeformableEncoder(nn.Module):
+    """
+    Deformable DETR's multi-scale encoder (Zhu et al., ICLR 2021, sec. 4.1), as used by DINO:
+    ``num_layers`` post-norm layers of deformable self-attention over all tokens of all scales.
+    The baseline of Lite DETR (LITE_DETR.md, sec. 1 and 4) and a drop-in replacement for
+    :class:`InterleavedEncoder`.
+    """
+
+    def __init__(
+        self,
+        num_layers: int = 6,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        feedforward_dim: int = 2048,
+        dropout: float = 0.0,
+        attention: str = "deformable",
+    ):
+        """
+        Args:
+            num_layers (int): encoder layers.
+            embed_dim (int): token channels C.
+            num_heads (int): attention heads.
+            num_levels (int): feature levels L.
+            num_points (int): sampling points per head and level.
+            feedforward_dim (int): FFN hidden width (2048 in DINO, 1024 in Deformable DETR).
+            dropout (float): dropout of the layers (0 in DINO).
+            attention (str): "deformable" (multi-scale deformable attention) or "key_aware" (KDA).
+        """
+        super().__init__()
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(
+                f"DeformableEncoder: num_layers must be an int >= 1, got {num_layers!r}"
+            )
+        if attention not in ATTENTION_TYPES:
+            raise ValueError(
+                f"DeformableEncoder: unknown attention {attention!r}; expected one of "
+                f"{sorted(ATTENTION_TYPES)}"
+            )
+        self.embed_dim = embed_dim
+        self.num_levels = num_levels
+        self.attention = attention
+        self.layers = nn.ModuleList(
+            DeformableEncoderLayer(
+                embed_dim=embed_dim,
+                num_heads=num_heads,
+                num_levels=num_levels,
+                num_points=num_points,
+                feedforward_dim=feedforward_dim,
+                dropout=dropout,
+                attention=attention,
+            )
+            for _ in range(num_layers)
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def variant(self) -> str:
+        """Architecture tag stored in checkpoints, e.g. "deformable6/deformable"."""
+        return f"deformable{self.num_layers}/{self.attention}"
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        valid_ratios: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query (Tensor): (N, S, C) flattened multi-scale features, fine-to-coarse (stride 8
+                first), S = sum_l H_l * W_l.
+            query_pos (Tensor): (N, S, C) sine position embedding + level embedding.
+            spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+            level_start_index (Tensor): (L,) int64 offset of each level in S.
+            valid_ratios (Tensor): (N, L, 2) valid (un-padded) fraction (w, h) of each level.
+            key_padding_mask (Tensor or None): (N, S) bool, True marks padding.
+
+        Returns:
+            Tensor: (N, S, C) encoder memory, same token order.
+        """
+        check_encoder_inputs(
+            type(self).__name__,
+            self.embed_dim,
+            self.num_levels,
+            query,
+            query_pos,
+            spatial_shapes,
+            level_start_index,
+            valid_ratios,
+            key_padding_mask,
+        )
+        reference_points = get_reference_points(spatial_shapes, valid_ratios)
+        x = query
+        for layer in self.layers:
+            x = layer(
+                query=x,
+                query_pos=query_pos,
+                reference_points=reference_points,
+                value=x,
+                spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index,
+                key_padding_mask=key_padding_mask,
+            )
+        return x

@@ -1,0 +1,267 @@
+"""Post-norm deformable encoder layers and helpers shared by the encoders."""
+
+import torch
+from torch import nn
+
+from lite_detr.layers import FFN, KeyAwareDeformableAttention, MultiScaleDeformableAttention
+
+__all__ = [
+    "ATTENTION_TYPES",
+    "build_deformable_attention",
+    "check_encoder_inputs",
+    "get_reference_points",
+    "DeformableEncoderLayer",
+    "JointEncoderLayer",
+]
+
+ATTENTION_TYPES = {
+    "deformable": MultiScaleDeformableAttention,
+    "key_aware": KeyAwareDeformableAttention,
+}
+
+
+def build_deformable_attention(
+    attention: str, embed_dim: int, num_heads: int, num_levels: int, num_points: int
+) -> nn.Module:
+    """
+    Build the self-attention of an encoder layer by name: "deformable" (Deformable DETR's
+    multi-scale deformable attention) or "key_aware" (Lite DETR's KDA).
+    """
+    if attention not in ATTENTION_TYPES:
+        raise ValueError(
+            f"Unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_TYPES)}"
+        )
+    # dropout stays 0 inside the attention: encoder layers drop on the residual branch instead
+    return ATTENTION_TYPES[attention](
+        embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+    )
+
+
+def get_reference_points(spatial_shapes: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+    """
+    Reference points of the encoder tokens (Deformable DETR's ``get_reference_points``): the
+    centre of each pixel, normalised by the valid (un-padded) extent of its image, then mapped
+    into every level's valid region.
+
+    Args:
+        spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+        valid_ratios (Tensor): (N, L, 2) valid fraction (w, h) of each level.
+
+    Returns:
+        Tensor: (N, S, L, 2) normalised (x, y), S = sum_l H_l * W_l, fine-to-coarse.
+    """
+    device, dtype = valid_ratios.device, valid_ratios.dtype
+    points = []
+    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        ref_y, ref_x = torch.meshgrid(
+            torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device),
+            torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device),
+            indexing="ij",
+        )
+        ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
+        ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)
+        points.append(torch.stack((ref_x, ref_y), -1))
+    reference_points = torch.cat(points, 1)
+    return reference_points[:, :, None] * valid_ratios[:, None]
+
+
+def check_encoder_inputs(
+    encoder_name: str,
+    embed_dim: int,
+    num_levels: int,
+    query: torch.Tensor,
+    query_pos: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    valid_ratios: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+) -> None:
+    """
+    Raise ValueError naming the offending encoder input; shapes as in
+    :meth:`DeformableEncoder.forward`. The attention modules check the rest.
+    """
+    if query.dim() != 3 or query.shape[-1] != embed_dim:
+        raise ValueError(
+            f"{encoder_name}: query must be (N, S, {embed_dim}), got {tuple(query.shape)}"
+        )
+    if query_pos is None or query_pos.shape != query.shape:
+        got = None if query_pos is None else tuple(query_pos.shape)
+        raise ValueError(
+            f"{encoder_name}: query_pos must have the shape of query {tuple(query.shape)}, "
+            f"got {got}"
+        )
+    if spatial_shapes.shape != (num_levels, 2) or spatial_shapes.dtype != torch.int64:
+        raise ValueError(
+            f"{encoder_name}: spatial_shapes must be a ({num_levels}, 2) int64 tensor, got shape "
+            f"{tuple(spatial_shapes.shape)} and dtype {spatial_shapes.dtype}"
+        )
+    if level_start_index.shape != (num_levels,) or level_start_index.dtype != torch.int64:
+        raise ValueError(
+            f"{encoder_name}: level_start_index must be a ({num_levels},) int64 tensor, got shape "
+            f"{tuple(level_start_index.shape)} and dtype {level_start_index.dtype}"
+        )
+    n = query.shape[0]
+    if valid_ratios.shape != (n, num_levels, 2) or not valid_ratios.is_floating_point():
+        raise ValueError(
+            f"{encoder_name}: valid_ratios must be a ({n}, {num_levels}, 2) float tensor, got "
+            f"shape {tuple(valid_ratios.shape)} and dtype {valid_ratios.dtype}"
+        )
+    if not torch.jit.is_tracing():  # one host sync; graphs stay static while tracing
+        total = int(spatial_shapes.prod(1).sum())
+        if total != query.shape[1]:
+            raise ValueError(
+                f"{encoder_name}: query has S={query.shape[1]} tokens but spatial_shapes "
+                f"{spatial_shapes.tolist()} sum to {total}"
+            )
+    if key_padding_mask is not None and (
+        key_padding_mask.shape != query.shape[:2] or key_padding_mask.dtype != torch.bool
+    ):
+        raise ValueError(
+            f"{encoder_name}: key_padding_mask must be a {tuple(query.shape[:2])} bool tensor, "
+            f"got shape {tuple(key_padding_mask.shape)} and dtype {key_padding_mask.dtype}"
+        )
+
+
+class DeformableEncoderLayer(nn.Module):
+    """
+    Post-norm encoder layer: ``x = LN(x + Attn(x)); x = LN(x + FFN(x))``. The queries may be a
+    subset of the keys/values (Lite DETR's high-only layers) or all of them.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        num_heads: int = 8,
+        num_levels: int = 4,
+        num_points: int = 4,
+        feedforward_dim: int = 2048,
+        dropout: float = 0.0,
+        attention: str = "deformable",
+    ):
+        """
+        Args:
+            embed_dim, num_heads, num_levels, num_points: see
+                :class:`lite_detr.layers.MultiScaleDeformableAttention`.
+            feedforward_dim (int): hidden width of the FFN.
+            dropout (float): dropout on the residual branches and inside the FFN.
+            attention (str): "deformable" or "key_aware".
+        """
+        super().__init__()
+        self.self_attn = build_deformable_attention(
+            attention, embed_dim, num_heads, num_levels, num_points
+        )
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.ffn = FFN(embed_dim, feedforward_dim, dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(embed_dim)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Attention sub-layer with residual and norm."""
+        attn = self.self_attn(
+            query=query,
+            value=value,
+            reference_points=reference_points,
+            spatial_shapes=spatial_shapes,
+            level_start_index=level_start_index,
+            key_padding_mask=key_padding_mask,
+            query_pos=query_pos,
+        )
+        return self.norm1(query + self.dropout1(attn))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query (Tensor): (N, Lq, C) tokens to update.
+            query_pos (Tensor): (N, Lq, C) their position (+ level) embedding.
+            reference_points (Tensor): (N, Lq, L, 2) their normalised reference points.
+            value (Tensor): (N, S, C) all multi-scale tokens, the keys/values.
+            spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+            level_start_index (Tensor): (L,) int64.
+            key_padding_mask (Tensor or None): (N, S) bool, True marks padding.
+
+        Returns:
+            Tensor: (N, Lq, C) updated tokens.
+        """
+        x = self.attend(
+            query,
+            query_pos,
+            reference_points,
+            value,
+            spatial_shapes,
+            level_start_index,
+            key_padding_mask,
+        )
+        return self.norm2(x + self.dropout2(self.ffn(x)))
+
+
+class JointEncoderLayer(DeformableEncoderLayer):
+    """
+    Lite DETR's joint layer (sec. 3.2 of the paper; section 4 of LITE_DETR.md): all tokens are
+    queries of one attention, then the low-level tokens F_L go through a light FFN with their own
+    norm and the high-level tokens F_H through the wide FFN.
+    """
+
+    def __init__(self, *, low_feedforward_dim: int = 256, **kwargs):
+        """
+        Args:
+            low_feedforward_dim (int): hidden width of the light FFN of F_L.
+            kwargs: arguments of :class:`DeformableEncoderLayer` (``feedforward_dim`` is the
+                wide FFN of F_H).
+        """
+        super().__init__(**kwargs)
+        embed_dim = self.norm1.normalized_shape[0]
+        dropout = self.dropout1.p
+        self.low_ffn = FFN(embed_dim, low_feedforward_dim, dropout)
+        self.low_dropout = nn.Dropout(dropout)
+        self.low_norm = nn.LayerNorm(embed_dim)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        reference_points: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: torch.Tensor,
+        level_start_index: torch.Tensor,
+        key_padding_mask: torch.Tensor | None = None,
+        num_low_tokens: int = 0,
+    ) -> torch.Tensor:
+        """
+        Same arguments as :meth:`DeformableEncoderLayer.forward` with query = value = all
+        S tokens, plus ``num_low_tokens``: the first ``num_low_tokens`` of them are F_L.
+
+        Returns:
+            Tensor: (N, S, C) updated [F_L ; F_H].
+        """
+        x = self.attend(
+            query,
+            query_pos,
+            reference_points,
+            value,
+            spatial_shapes,
+            level_start_index,
+            key_padding_mask,
+        )
+        x_low, x_high = x[:, :num_low_tokens], x[:, num_low_tokens:]
+        x_low = self.low_norm(x_low + self.low_dropout(self.low_ffn(x_low)))
+        x_high = self.norm2(x_high + self.dropout2(self.ffn(x_high)))
+        return torch.cat((x_low, x_high), dim=1)

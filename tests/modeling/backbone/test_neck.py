@@ -1,0 +1,82 @@
+import pytest
+import torch
+from detectron2.layers import ShapeSpec
+from detectron2.layers.batch_norm import FrozenBatchNorm2d
+
+from lite_detr.modeling.backbone import MultiScaleNeck, make_resnet, make_resnet_stages
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    torch.manual_seed(0)
+    return make_resnet(depth=18).eval()
+
+
+def test_resnet18_neck_levels(resnet18):
+    assert {k: (v.channels, v.stride) for k, v in resnet18.output_shape().items()} == {
+        "res3": (128, 8),
+        "res4": (256, 16),
+        "res5": (512, 32),
+    }
+    neck = MultiScaleNeck(resnet18.output_shape(), out_channels=64, num_outs=4)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        outs = neck(resnet18(x))
+    assert [tuple(o.shape) for o in outs] == [
+        (2, 64, 8, 12),
+        (2, 64, 4, 6),
+        (2, 64, 2, 3),
+        (2, 64, 1, 2),
+    ]
+    assert [s.stride for s in neck.output_shape()] == [8, 16, 32, 64]
+    assert all(s.channels == 64 for s in neck.output_shape())
+    # the stride-64 level is a 3x3/2 conv + GroupNorm on C5 itself, not on its projection
+    extra_conv, extra_norm = neck.extra_convs[0]
+    assert (extra_conv.in_channels, extra_conv.kernel_size, extra_conv.stride) == (
+        512,
+        (3, 3),
+        (2, 2),
+    )
+    assert isinstance(extra_norm, torch.nn.GroupNorm) and extra_norm.num_groups == 32
+
+
+def test_resnet_frozen_bn_and_stem(resnet18):
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in resnet18.modules())
+    assert not any(p.requires_grad for p in resnet18.stem.parameters())
+    assert all(p.requires_grad for p in resnet18.res5.parameters())
+
+
+def test_make_resnet_stages_any_depth():
+    # stride_in_1x1 is meaningless for basic blocks and must not break depth 18
+    stages = make_resnet_stages(depth=18, stride_in_1x1=True)
+    assert [len(s) for s in stages] == [2, 2, 2, 2]
+    assert stages[0][0].out_channels == 64
+    stages = make_resnet_stages(depth=50)
+    assert stages[-1][-1].out_channels == 2048
+    with pytest.raises(ValueError, match="depth"):
+        make_resnet_stages(depth=42)
+
+
+def test_more_extra_levels_chain_on_previous_level():
+    shapes = {"res4": ShapeSpec(channels=16, stride=16), "res5": ShapeSpec(channels=24, stride=32)}
+    neck = MultiScaleNeck(
+        shapes, in_features=["res4", "res5"], out_channels=32, num_outs=4, num_groups=8
+    )
+    feats = {"res4": torch.randn(1, 16, 8, 8), "res5": torch.randn(1, 24, 4, 4)}
+    outs = neck(feats)
+    assert [o.shape[-1] for o in outs] == [8, 4, 2, 1]
+    assert [s.stride for s in neck.output_shape()] == [16, 32, 64, 128]
+    assert neck.extra_convs[1][0].in_channels == 32
+
+
+def test_bad_neck_arguments():
+    shapes = {"res5": ShapeSpec(channels=24, stride=32)}
+    with pytest.raises(ValueError, match="num_groups"):
+        MultiScaleNeck(shapes, in_features=["res5"], out_channels=48, num_groups=32)
+    with pytest.raises(ValueError, match="res3"):
+        MultiScaleNeck(shapes, in_features=["res3", "res5"], out_channels=64)
+    with pytest.raises(ValueError, match="num_outs"):
+        MultiScaleNeck(shapes, in_features=["res5"], out_channels=64, num_outs=0)
+    neck = MultiScaleNeck(shapes, in_features=["res5"], out_channels=64, num_outs=2)
+    with pytest.raises(ValueError, match="res5"):
+        neck({"res4": torch.randn(1, 24, 4, 4)})

@@ -16,7 +16,8 @@ train = dict(
     device="cuda",
     # gradient clipping on the total L2 norm (DETR recipe), applied after AMP unscaling
     clip_grad=dict(enabled=True, params=dict(max_norm=0.1, norm_type=2)),
-    # exponential moving average of the weights; evaluation uses the EMA weights when enabled
-    model_ema=dict(enabled=False, decay=0.9998, use_ema_weights_for_eval_only=False),
+    # exponential moving average of the weights, kept in checkpoints; when enabled, periodic
+    # evaluation and --eval-only use the EMA weights
+    model_ema=dict(enabled=False, decay=0.9998),
     seed=-1,
 )

@@ -1,0 +1,20 @@
+"""AdamW of the DETR recipe: lr 1e-4, backbone lr 1e-5, weight decay 1e-4, none on norms and
+embeddings. ``optimizer.params.model`` is set to the model before instantiating (train_net)."""
+
+import torch
+from detectron2.config import LazyCall as L
+
+from lite_detr.solver import get_detr_optimizer_params
+
+AdamW = L(torch.optim.AdamW)(
+    params=L(get_detr_optimizer_params)(
+        base_lr="${..lr}",
+        weight_decay="${..weight_decay}",
+        backbone_lr_factor=0.1,
+        weight_decay_norm=0.0,
+        weight_decay_embed=0.0,
+    ),
+    lr=1e-4,
+    betas=(0.9, 0.999),
+    weight_decay=1e-4,
+)

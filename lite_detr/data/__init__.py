@@ -1,0 +1,38 @@
+"""Data: the DETR dataset mapper and the synthetic shapes dataset.
+
+Importing this package registers ``shapes_train`` and ``shapes_val`` (generated lazily, on
+first use, under ``$DETECTRON2_DATASETS/shapes``).
+"""
+
+from .dataset_mapper import DetrDatasetMapper, build_detr_augmentation
+from .datasets.coco_json import load_coco_detection_json
+from .sample_inputs import sample_inputs
+from .datasets.shapes import (
+    SHAPES_CLASSES,
+    ensure_shapes_dataset,
+    generate_shapes_dataset,
+    register_shapes,
+    shapes_dataset_dir,
+)
+
+__all__ = [
+    "DetrDatasetMapper",
+    "build_detr_augmentation",
+    "load_coco_detection_json",
+    "SHAPES_CLASSES",
+    "ensure_shapes_dataset",
+    "generate_shapes_dataset",
+    "register_shapes",
+    "shapes_dataset_dir",
+    "sample_inputs",
+]
+
+
+def _register_builtin():
+    from detectron2.data import DatasetCatalog
+
+    if "shapes_train" not in DatasetCatalog.list():  # re-import (e.g. importlib.reload) safe
+        register_shapes("shapes")
+
+
+_register_builtin()

@@ -1,0 +1,63 @@
+"""Model inputs for analysis tools: real test images when the dataset is there, else random ones."""
+
+import itertools
+import logging
+import os
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+__all__ = ["sample_inputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def _dataset_available(cfg) -> bool:
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    try:
+        names = cfg.dataloader.test.dataset.names
+    except (AttributeError, KeyError):
+        return False
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in DatasetCatalog.list():
+            return False
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file is not None and not os.path.isfile(json_file):
+            return False  # not downloaded / not generated yet: do not trigger a generation
+    return True
+
+
+def sample_inputs(
+    cfg, num: int = 1, input_size: Optional[Sequence[int]] = None, seed: int = 0
+) -> List[Dict]:
+    """
+    Args:
+        cfg: a LazyConfig with ``dataloader.test``.
+        num (int): number of single-image inputs.
+        input_size ((H, W), optional): random images of this size instead of dataset images.
+        seed (int): seed of the random images.
+
+    Returns:
+        list[dict]: each ``{"image": (3, H, W) uint8, "height": H, "width": W}`` (dataset inputs
+        also keep ``file_name`` etc.).
+    """
+    from detectron2.config import instantiate
+
+    if input_size is None:
+        if _dataset_available(cfg):
+            test_cfg = cfg.dataloader.test
+            loader = instantiate(test_cfg)
+            return [batch[0] for batch in itertools.islice(loader, num)]
+        input_size = (800, 1333)
+        logger.warning(
+            f"Test dataset of the config is not available: using random {input_size} images "
+            "(pass --input-size H W to choose the size)."
+        )
+    h, w = int(input_size[0]), int(input_size[1])
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+        for _ in range(num)
+    ]

@@ -1,0 +1,113 @@
+"""A device-agnostic trainer: AMP (fp16/bf16), gradient clipping, NaN-loss stop."""
+
+import logging
+import time
+from typing import Dict, Optional
+
+import torch
+from detectron2.engine import SimpleTrainer
+
+__all__ = ["LiteDetrTrainer"]
+
+logger = logging.getLogger(__name__)
+
+_AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LiteDetrTrainer(SimpleTrainer):
+    """
+    ``SimpleTrainer`` with optional automatic mixed precision and gradient clipping, on any device.
+
+    detectron2 0.6's ``AMPTrainer`` asserts CUDA and has no clipping; this trainer runs on CPU
+    and GPU. fp16 uses a ``GradScaler`` (its state is checkpointed, so ``--resume`` continues with
+    the same scale); bf16 has fp32's exponent range and needs none. Gradients are unscaled before
+    clipping so ``max_norm`` means the same with and without AMP.
+
+    A non-finite loss raises ``FloatingPointError`` naming the iteration *before* the backward
+    pass and optimizer step, so the weights and the last periodic checkpoint stay good.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader,
+        optimizer: torch.optim.Optimizer,
+        *,
+        amp_enabled: bool = False,
+        amp_dtype: str = "float16",
+        clip_grad_params: Optional[Dict] = None,
+        device_type: str = "cpu",
+    ):
+        """
+        Args:
+            model, data_loader, optimizer: as in ``SimpleTrainer``.
+            amp_enabled (bool): run the forward pass under ``torch.autocast``.
+            amp_dtype (str): "float16" (with gradient scaling) or "bfloat16".
+            clip_grad_params (dict, optional): kwargs of ``torch.nn.utils.clip_grad_norm_``
+                (``max_norm``, ``norm_type``); None disables clipping.
+            device_type (str): "cpu" or "cuda", the autocast / GradScaler device.
+        """
+        if amp_dtype not in _AMP_DTYPES:
+            raise ValueError(
+                f"train.amp.dtype must be one of {sorted(_AMP_DTYPES)}, got {amp_dtype!r}"
+            )
+        super().__init__(model, data_loader, optimizer)
+        self.amp_enabled = amp_enabled
+        self.amp_dtype = _AMP_DTYPES[amp_dtype]
+        self.device_type = device_type
+        self.clip_grad_params = dict(clip_grad_params) if clip_grad_params else None
+        use_scaler = amp_enabled and self.amp_dtype == torch.float16
+        self.grad_scaler = torch.amp.GradScaler(device_type) if use_scaler else None
+
+    def run_step(self):
+        assert self.model.training, "[LiteDetrTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(self.device_type, dtype=self.amp_dtype, enabled=self.amp_enabled):
+            loss_dict = self.model(data)
+            if isinstance(loss_dict, torch.Tensor):
+                losses = loss_dict
+                loss_dict = {"total_loss": loss_dict}
+            else:
+                losses = sum(loss_dict.values())
+        if not torch.isfinite(losses):
+            values = {k: float(v) for k, v in loss_dict.items()}
+            raise FloatingPointError(
+                f"Loss became infinite or NaN at iteration {self.iter}: {values}. "
+                "The weights are not updated; the last periodic checkpoint is intact. Try a "
+                "lower lr, gradient clipping (train.clip_grad) or train.amp.dtype=bfloat16."
+            )
+
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+
+        self._write_metrics(loss_dict, data_time)
+
+        if self.clip_grad_params is not None:
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_params)
+            self.storage.put_scalar("grad_norm", float(grad_norm), smoothing_hint=True)
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,74 @@
+"""COCO evaluation that works with or without detectron2's compiled COCOeval."""
+
+import logging
+from typing import Optional
+
+from detectron2.data import DatasetCatalog
+from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
+
+__all__ = ["COCOEvaluator", "has_fast_coco_eval"]
+
+logger = logging.getLogger(__name__)
+
+
+def has_fast_coco_eval() -> bool:
+    """Whether detectron2 was built with its C++ COCOeval (``use_fast_impl=True`` works)."""
+    try:
+        from detectron2 import _C
+    except ImportError:
+        return False
+    return hasattr(_C, "COCOevalEvaluateImages") and hasattr(_C, "COCOevalAccumulate")
+
+
+class COCOEvaluator(_D2COCOEvaluator):
+    """
+    detectron2's ``COCOEvaluator`` for boxes, with ``use_fast_impl`` chosen automatically.
+
+    Builds without detectron2's C++ sources (e.g. the PyPI sdist) lack the fast COCOeval: there
+    detectron2's default ``use_fast_impl=True`` crashes at the end of evaluation, after all
+    inference time is spent. The dataset is also materialised first, so a lazily generated
+    dataset (``shapes_val``) exists before its ``json_file`` is opened.
+    """
+
+    def __init__(
+        self,
+        dataset_name: str,
+        tasks=("bbox",),
+        distributed: bool = True,
+        output_dir: Optional[str] = None,
+        *,
+        use_fast_impl: Optional[bool] = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            dataset_name (str): a registered dataset with COCO json annotations.
+            tasks (tuple[str]): tasks to evaluate; the DETR detectors here predict boxes.
+            distributed (bool): gather results from all ranks.
+            output_dir (str, optional): where ``coco_instances_results.json`` is written.
+            use_fast_impl (bool, optional): None picks the C++ COCOeval when it is built.
+            kwargs: passed to detectron2's ``COCOEvaluator`` (``max_dets_per_image``, ...).
+        """
+        if dataset_name not in DatasetCatalog.list():
+            raise KeyError(
+                f"COCOEvaluator: dataset {dataset_name!r} is not registered. Registered datasets "
+                "include: " + ", ".join(sorted(DatasetCatalog.list())[:20]) + ", ... "
+                "(import lite_detr.data to register shapes_train/shapes_val)."
+            )
+        DatasetCatalog.get(dataset_name)  # generate/validate lazily built datasets
+        fast = has_fast_coco_eval()
+        if use_fast_impl is None:
+            use_fast_impl = fast
+        elif use_fast_impl and not fast:
+            logger.warning(
+                "use_fast_impl=True but detectron2 has no compiled COCOeval: using pycocotools."
+            )
+            use_fast_impl = False
+        super().__init__(
+            dataset_name,
+            tasks=tasks,
+            distributed=distributed,
+            output_dir=output_dir,
+            use_fast_impl=use_fast_impl,
+            **kwargs,
+        )

@@ -1,0 +1,101 @@
+"""Two-stage Deformable DETR (Zhu et al., ICLR 2021) and Lite-Deformable-DETR as detectron2 models.
+
+Both are :class:`~lite_detr.modeling.meta_arch.dino.DINO` with two differences: no denoising
+queries (a config choice) and content queries derived from the selected encoder proposals
+instead of learned ones (Deformable DETR, section 4.2 "two-stage"), which this module overrides.
+"""
+
+from typing import Dict, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY
+from torch import Tensor, nn
+
+from ..decoders import box_sine_embedding
+from .dino import DINO
+
+__all__ = ["DeformableDETR", "LiteDeformableDETR"]
+
+
+class _NoLearnedContent(nn.Module):
+    """Stands in for DINO's learned content queries (``tgt_embed``): zero of them.
+
+    ``DINO.select_queries`` reads ``tgt_embed.weight`` (Q, C); an empty, non-persistent buffer
+    keeps its proposal selection reusable while the model holds no dead parameter (a DDP error
+    without ``find_unused_parameters``) and checkpoints carry no ``tgt_embed`` entry.
+    """
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.register_buffer("weight", torch.zeros(0, embed_dim), persistent=False)
+
+
+@META_ARCH_REGISTRY.register()
+class DeformableDETR(DINO):
+    """Deformable DETR: Deformable Transformers for End-to-End Object Detection (Zhu et al.,
+    arXiv 2010.04159), two-stage with iterative box refinement.
+
+    backbone -> multi-scale neck -> encoder (the 6-layer deformable baseline, or Lite DETR's
+    interleaved encoder) -> the top-``num_queries`` encoder proposals give both the reference
+    boxes and, through a linear layer on their sine embedding, the content queries -> deformable
+    decoder with iterative box refinement (no look-forward-twice) -> focal loss, Hungarian
+    matching, auxiliary losses on every decoder layer and on the proposals.
+
+    The decoder builds its positional queries from the current reference boxes (DAB/DINO style,
+    shared with :class:`DINO`) where the original splits them off the proposal embedding; the
+    configuration (FFN 1024, 300 queries, no denoising, class loss weight 2) is in
+    ``projects/lite_deformable_detr/configs/models/deformable_detr_r50.py``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 256,
+        num_queries: int = 300,
+        select_box_nums_for_evaluation: int = 100,
+        **kwargs,
+    ):
+        """
+        Args:
+            embed_dim: C, width of the neck, encoder and decoder.
+            num_queries: Q, encoder proposals selected as decoder queries (300).
+            select_box_nums_for_evaluation: detections kept per image at test time (100).
+            kwargs: the other arguments of :class:`DINO` (backbone, neck, position_embedding,
+                encoder, decoder, criterion, num_classes, num_feature_levels, denoising,
+                pixel_mean, pixel_std, size_divisibility); ``denoising`` is normally None.
+        """
+        super().__init__(
+            embed_dim=embed_dim,
+            num_queries=num_queries,
+            select_box_nums_for_evaluation=select_box_nums_for_evaluation,
+            **kwargs,
+        )
+        self.tgt_embed = _NoLearnedContent(embed_dim)
+        # content queries from the proposals' box embedding (Deformable DETR's pos_trans)
+        self.content_proj = nn.Linear(2 * embed_dim, embed_dim)
+        self.content_norm = nn.LayerNorm(embed_dim)
+        nn.init.xavier_uniform_(self.content_proj.weight)
+        nn.init.zeros_(self.content_proj.bias)
+
+    def select_queries(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """Two-stage query selection: DINO's top-k proposals, content queries from their boxes.
+
+        Returns:
+            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, detached, and the
+            proposals' outputs {"pred_logits", "pred_boxes"} for the encoder loss.
+        """
+        _, ref_unsig, interm = super().select_queries(enc)
+        embed_dim = self.content_proj.out_features
+        # boxes are detached: the proposal heads learn from the encoder loss alone
+        emb = box_sine_embedding(ref_unsig.sigmoid(), embed_dim // 2)
+        content = self.content_norm(self.content_proj(emb.to(enc["memory"].dtype)))
+        return content, ref_unsig, interm
+
+
+@META_ARCH_REGISTRY.register()
+class LiteDeformableDETR(DeformableDETR):
+    """Lite-Deformable-DETR (Li et al., "Lite DETR", CVPR 2023): Deformable DETR whose encoder is
+    the interleaved encoder with key-aware deformable attention. Same code as
+    :class:`DeformableDETR`; the encoder and the attention type come from the config."""

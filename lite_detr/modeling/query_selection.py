@@ -1,0 +1,67 @@
+"""Helpers of two-stage DETRs: padding masks, valid ratios and encoder-memory proposals."""
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["get_valid_ratio", "gen_encoder_output_proposals"]
+
+
+def get_valid_ratio(mask: Tensor) -> Tensor:
+    """
+    Args:
+        mask (Tensor): (N, H, W) bool, True = padding (images are top-left aligned).
+
+    Returns:
+        Tensor: (N, 2) float32 valid fraction (w, h) of the padded map.
+    """
+    _, h, w = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(1).float()
+    valid_w = (~mask[:, 0, :]).sum(1).float()
+    return torch.stack([valid_w / w, valid_h / h], -1)
+
+
+def gen_encoder_output_proposals(
+    memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One proposal per encoder token (Deformable DETR two-stage, section 4.2).
+
+    Each token proposes a box centred on its pixel, normalised by its image's valid extent, of size
+    0.05 * 2^l on level l (fine-to-coarse). Proposals of padding tokens or too close to the border
+    are invalid: their memory is zeroed and their box logit is +inf.
+
+    Args:
+        memory (Tensor): (N, S, C) encoder output.
+        memory_padding_mask (Tensor): (N, S) bool, True = padding.
+        spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+
+    Returns:
+        output_memory (Tensor): (N, S, C) memory with invalid tokens zeroed.
+        proposals (Tensor): (N, S, 4) inverse-sigmoid of the cxcywh proposals (+inf if invalid).
+        valid (Tensor): (N, S) bool, True for valid proposals.
+    """
+    n = memory.shape[0]
+    proposals = []
+    start = 0
+    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+        mask = memory_padding_mask[:, start : start + h * w].view(n, h, w)
+        valid_h = (~mask[:, :, 0]).sum(1)
+        valid_w = (~mask[:, 0, :]).sum(1)
+        grid_y, grid_x = torch.meshgrid(
+            torch.arange(h, dtype=torch.float32, device=memory.device),
+            torch.arange(w, dtype=torch.float32, device=memory.device),
+            indexing="ij",
+        )
+        grid = torch.stack([grid_x, grid_y], -1)  # (H, W, 2)
+        scale = torch.stack([valid_w, valid_h], -1).view(n, 1, 1, 2).float()
+        grid = (grid[None] + 0.5) / scale
+        wh = torch.full_like(grid, 0.05 * (2.0**lvl))
+        proposals.append(torch.cat([grid, wh], -1).view(n, -1, 4))
+        start += h * w
+    proposals = torch.cat(proposals, 1)
+    valid = ((proposals > 0.01) & (proposals < 0.99)).all(-1) & ~memory_padding_mask
+    proposals = torch.log(proposals / (1 - proposals))
+    proposals = proposals.masked_fill(~valid[..., None], float("inf"))
+    output_memory = memory.masked_fill(~valid[..., None], 0.0)
+    return output_memory, proposals, valid

@@ -1,0 +1,362 @@
+"""Multi-scale deformable attention ops: input checks, dispatch to ``lite_detr._C``, autograd.
+
+The compiled ops live in the ``lite_detr`` torch.library namespace (schemas in
+``ops/ms_deform_attn.cpp``). This module registers their fake kernels and autograd formulas so
+``torch.library.opcheck`` and ``torch.compile`` work, and falls back to the pure-PyTorch references
+(with one warning) when the extension cannot be loaded or was built without the needed device.
+"""
+
+import logging
+import warnings
+from typing import Tuple
+
+import torch
+
+from .reference import ms_deform_attn_key_aware_reference, ms_deform_attn_reference
+
+__all__ = [
+    "ms_deform_attn",
+    "ms_deform_attn_key_aware",
+    "compiled_ops_available",
+    "compiled_ops_load_error",
+]
+
+logger = logging.getLogger(__name__)
+
+_OP_NAMES = (
+    "ms_deform_attn",
+    "ms_deform_attn_backward",
+    "ms_deform_attn_key_aware",
+    "ms_deform_attn_key_aware_backward",
+)
+
+
+def _load_compiled_ops() -> str | None:
+    """Import ``lite_detr._C`` (it registers the ops); return why it failed, or None."""
+    try:
+        from lite_detr import _C  # noqa: F401
+    except (ImportError, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    missing = [n for n in _OP_NAMES if not hasattr(torch.ops.lite_detr, n)]
+    if missing:
+        return f"lite_detr._C loaded but does not define {missing}"
+    return None
+
+
+_LOAD_ERROR = _load_compiled_ops()
+_WARNED = set()
+
+
+def _has_kernels(dispatch_key: str) -> bool:
+    return _LOAD_ERROR is None and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"lite_detr::{n}", dispatch_key)
+        for n in _OP_NAMES
+    )
+
+
+# fixed at import: a plain dict lookup that torch.compile traces through
+_AVAILABLE = {"cpu": _has_kernels("CPU"), "cuda": _has_kernels("CUDA")}
+
+
+def compiled_ops_available(device_type: str = "cpu") -> bool:
+    """
+    Whether the compiled kernels of both ops exist for ``device_type`` ("cpu" or "cuda").
+
+    A CPU-only build of ``lite_detr._C`` reports False for "cuda".
+    """
+    return _AVAILABLE.get(device_type, False)
+
+
+def compiled_ops_load_error() -> str | None:
+    """Why ``lite_detr._C`` could not be loaded, or None if it was."""
+    return _LOAD_ERROR
+
+
+def _warn_fallback(device_type: str) -> None:
+    if device_type in _WARNED:
+        return
+    _WARNED.add(device_type)
+    if _LOAD_ERROR is not None:
+        why = f"the extension lite_detr._C could not be loaded ({_LOAD_ERROR})"
+    else:
+        why = f"lite_detr._C was built without {device_type} kernels"
+    msg = (
+        f"lite_detr.ops: {why}; the pure-PyTorch reference of the deformable attention ops runs "
+        f"on {device_type} instead (slower, more memory). Build it with "
+        "`python setup.py build_ext --inplace` (FORCE_CUDA=1 for the CUDA kernels)."
+    )
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks shared by both public functions
+# ---------------------------------------------------------------------------------------------
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_tensor(name: str, t, shape, ref: torch.Tensor, dtype=None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape):
+        raise ValueError(f"{name} must have {len(shape)} dims {shape}, got shape {tuple(t.shape)}")
+    for axis, (dim_name, size) in enumerate(zip(shape, t.shape)):
+        if isinstance(dim_name, int) and size != dim_name:
+            raise ValueError(
+                f"{name} must have size {dim_name} at dim {axis}, got {tuple(t.shape)}"
+            )
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
+    if ref is not None and t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but value is on {ref.device}")
+
+
+def _check_dims(name: str, t: torch.Tensor, dims: dict, names: Tuple[str, ...]) -> None:
+    """Check that the named dims of ``t`` agree with the sizes already recorded in ``dims``."""
+    for axis, dim_name in enumerate(names):
+        if dim_name is None:
+            continue
+        size = t.shape[axis]
+        if dim_name in dims and dims[dim_name][0] != size:
+            other, other_axis = dims[dim_name][1]
+            raise ValueError(
+                f"{name} has {dim_name}={size} at dim {axis} but {other} has {dim_name}="
+                f"{dims[dim_name][0]} at dim {other_axis} ({name} shape {tuple(t.shape)})"
+            )
+        dims.setdefault(dim_name, (size, (name, axis)))
+
+
+def _check_inputs(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor | None = None,
+    query: torch.Tensor | None = None,
+    key: torch.Tensor | None = None,
+) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != 4:
+        raise ValueError(f"value must be (N, S, M, D), got shape {tuple(value.shape)}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"value must be float16/bfloat16/float32/float64, got {value.dtype}")
+    dims: dict = {}
+    _check_dims("value", value, dims, ("N", "S", "M", "D"))
+    floats = [("sampling_locations", sampling_locations, ("N", "Lq", "M", "L", "P", 2))]
+    if attention_weights is not None:
+        floats.append(("attention_weights", attention_weights, ("N", "Lq", "M", "L", "P")))
+    if query is not None:
+        floats.insert(0, ("query", query, ("N", "Lq", "M", "D")))
+    if key is not None:
+        floats.insert(0, ("key", key, ("N", "S", "M", "D")))
+    for name, t, shape in floats:
+        _check_tensor(name, t, shape, value, value.dtype)
+        _check_dims(name, t, dims, tuple(s if isinstance(s, str) else None for s in shape))
+    _check_tensor("spatial_shapes", spatial_shapes, ("L", 2), value, torch.int64)
+    _check_dims("spatial_shapes", spatial_shapes, dims, ("L", None))
+    _check_tensor("level_start_index", level_start_index, ("L",), value, torch.int64)
+    _check_dims("level_start_index", level_start_index, dims, ("L",))
+    if dims["L"][0] == 0:
+        raise ValueError("spatial_shapes must hold at least one level, got shape (0, 2)")
+
+    if torch.compiler.is_compiling():
+        return  # the value checks below need host data; eager runs check them
+    shapes = spatial_shapes.tolist()
+    if any(h <= 0 or w <= 0 for h, w in shapes):
+        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
+    areas = [h * w for h, w in shapes]
+    if sum(areas) != value.shape[1]:
+        raise ValueError(
+            f"sum of H*W over spatial_shapes {shapes} is {sum(areas)} but value has "
+            f"S={value.shape[1]} tokens (value shape {tuple(value.shape)})"
+        )
+    starts = [sum(areas[:i]) for i in range(len(areas))]
+    if level_start_index.tolist() != starts:
+        raise ValueError(
+            f"level_start_index {level_start_index.tolist()} is inconsistent with spatial_shapes "
+            f"{shapes}: expected {starts}"
+        )
+
+
+def _use_compiled(device_type: str) -> bool:
+    if compiled_ops_available(device_type):
+        return True
+    _warn_fallback(device_type)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def ms_deform_attn(
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """
+    Multi-scale deformable attention (Deformable DETR, Zhu et al. 2021, eq. 3).
+
+    Samples ``value`` bilinearly at the given points (``grid_sample(align_corners=False,
+    padding_mode="zeros")`` semantics: pixel centres at (i + 0.5) / size, corners outside the map
+    contribute zero) and returns the ``attention_weights``-weighted sum over levels and points.
+    Points with NaN/Inf coordinates contribute zero and get a zero gradient.
+    Differentiable w.r.t. ``value``, ``sampling_locations`` and ``attention_weights``.
+    Non-contiguous inputs are copied.
+
+    Args:
+        value (Tensor): (N, S, M, D), S = sum_l H_l * W_l, levels flattened fine-to-coarse.
+        spatial_shapes (Tensor): (L, 2) int64, (H_l, W_l) of each level.
+        level_start_index (Tensor): (L,) int64, offset of each level in S.
+        sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalised (x, y), inside in [0, 1].
+        attention_weights (Tensor): (N, Lq, M, L, P).
+
+    Returns:
+        Tensor: (N, Lq, M * D), same dtype as ``value``.
+    """
+    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if not _use_compiled(value.device.type):
+        return ms_deform_attn_reference(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+    return torch.ops.lite_detr.ms_deform_attn(
+        value.contiguous(),
+        spatial_shapes.contiguous(),
+        level_start_index.contiguous(),
+        sampling_locations.contiguous(),
+        attention_weights.contiguous(),
+    )
+
+
+def ms_deform_attn_key_aware(
+    query: torch.Tensor,
+    value: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    level_start_index: torch.Tensor,
+    sampling_locations: torch.Tensor,
+    key: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """
+    Key-aware deformable attention (Lite DETR, Li et al. 2023, sec. 3.3), fused.
+
+    Keys and values are sampled at the same points (one gather when ``key`` is None); the weights
+    are a softmax over all L * P points of (q . k) / sqrt(D), per query and head. The compiled
+    kernel never materialises the (N, Lq, M, L * P, D) sampled tensors. Sampling semantics as in
+    :func:`ms_deform_attn`. Differentiable w.r.t. ``query``, ``value``, ``key`` and
+    ``sampling_locations``. Non-contiguous inputs are copied.
+
+    Args:
+        query (Tensor): (N, Lq, M, D), already projected per head.
+        value (Tensor): (N, S, M, D).
+        spatial_shapes (Tensor): (L, 2) int64, (H_l, W_l) of each level.
+        level_start_index (Tensor): (L,) int64, offset of each level in S.
+        sampling_locations (Tensor): (N, Lq, M, L, P, 2) normalised (x, y).
+        key (Tensor or None): (N, S, M, D); None means the keys are the values (W_K = W_V).
+
+    Returns:
+        Tensor: (N, Lq, M * D), same dtype as ``value``.
+    """
+    _check_inputs(
+        value, spatial_shapes, level_start_index, sampling_locations, query=query, key=key
+    )
+    if not _use_compiled(value.device.type):
+        return ms_deform_attn_key_aware_reference(
+            query, value, spatial_shapes, level_start_index, sampling_locations, key
+        )
+    out, _ = torch.ops.lite_detr.ms_deform_attn_key_aware(
+        query.contiguous(),
+        value.contiguous(),
+        None if key is None else key.contiguous(),
+        spatial_shapes.contiguous(),
+        level_start_index.contiguous(),
+        sampling_locations.contiguous(),
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.library registrations of the compiled ops: fake kernels and autograd
+# ---------------------------------------------------------------------------------------------
+
+
+def _attn_dtype(dtype: torch.dtype) -> torch.dtype:
+    # the saved softmax weights keep the kernels' accumulation precision
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_compiled_ops() -> None:
+    @torch.library.register_fake("lite_detr::ms_deform_attn")
+    def _(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+        N, _, M, D = value.shape
+        return value.new_empty((N, sampling_locations.shape[1], M * D))
+
+    @torch.library.register_fake("lite_detr::ms_deform_attn_backward")
+    def _(grad_output, value, spatial_shapes, level_start_index, locations, attention_weights):
+        return (
+            torch.empty_like(value),
+            torch.empty_like(locations),
+            torch.empty_like(attention_weights),
+        )
+
+    @torch.library.register_fake("lite_detr::ms_deform_attn_key_aware")
+    def _(query, value, key, spatial_shapes, level_start_index, sampling_locations):
+        N, Lq, M, L, P, _ = sampling_locations.shape
+        out = value.new_empty((N, Lq, M * value.shape[-1]))
+        attn = value.new_empty((N, Lq, M, L * P), dtype=_attn_dtype(value.dtype))
+        return out, attn
+
+    @torch.library.register_fake("lite_detr::ms_deform_attn_key_aware_backward")
+    def _(grad_output, query, value, key, spatial_shapes, level_start_index, locations, attn):
+        grad_key = torch.empty_like(key) if key is not None else value.new_empty((0,))
+        return (
+            torch.empty_like(query),
+            torch.empty_like(value),
+            grad_key,
+            torch.empty_like(locations),
+        )
+
+    def _setup_standard(ctx, inputs, output):
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights = inputs
+        ctx.save_for_backward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
+
+    def _backward_standard(ctx, grad_output):
+        grad_value, grad_loc, grad_attn = torch.ops.lite_detr.ms_deform_attn_backward(
+            grad_output.contiguous(), *ctx.saved_tensors
+        )
+        return grad_value, None, None, grad_loc, grad_attn
+
+    torch.library.register_autograd(
+        "lite_detr::ms_deform_attn", _backward_standard, setup_context=_setup_standard
+    )
+
+    def _setup_key_aware(ctx, inputs, output):
+        query, value, key, spatial_shapes, level_start_index, sampling_locations = inputs
+        ctx.has_key = key is not None
+        ctx.save_for_backward(
+            query, value, key, spatial_shapes, level_start_index, sampling_locations, output[1]
+        )
+
+    def _backward_key_aware(ctx, grad_output, grad_attn):
+        # the softmax weights are returned for the backward only: the public function drops them
+        grad_query, grad_value, grad_key, grad_loc = (
+            torch.ops.lite_detr.ms_deform_attn_key_aware_backward(
+                grad_output.contiguous(), *ctx.saved_tensors
+            )
+        )
+        return grad_query, grad_value, grad_key if ctx.has_key else None, None, None, grad_loc
+
+    torch.library.register_autograd(
+        "lite_detr::ms_deform_attn_key_aware", _backward_key_aware, setup_context=_setup_key_aware
+    )
+
+
+if _LOAD_ERROR is None:
+    _register_compiled_ops()
+else:
+    logger.debug("lite_detr._C not loaded: %s", _LOAD_ERROR)

@@ -1,0 +1,176 @@
+// CPU kernels of lite_detr::ms_deform_attn (Deformable DETR, Zhu et al. 2021, eq. 3).
+//
+// Forward: parallel over (n, q); per head, a channel-contiguous accumulation of the weighted
+// corners. Backward: parallel over (n, m) heads, so the scatter into grad_value[n, :, m, :] has a
+// single writer and runs in a fixed order: gradients are bitwise reproducible run to run.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/bilinear.h"
+#include "ms_deform_attn.h"
+
+namespace lite_detr {
+namespace {
+
+using cpu::axpy;
+using cpu::BilinearPoint;
+using cpu::bilinear_setup;
+using cpu::dot;
+
+constexpr const char* kForward = "lite_detr::ms_deform_attn";
+constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
+                    const scalar_t* locations, const scalar_t* weights, scalar_t* out, int64_t N,
+                    int64_t S, int64_t M, int64_t D, int64_t Lq, int64_t L, int64_t P) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = M * D;  // stride between tokens in value
+  at::parallel_for(0, N * Lq, 16, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(D);  // one buffer per task, reused by every point
+    BilinearPoint<acc_t> b;
+    for (int64_t nq = begin; nq < end; ++nq) {
+      const int64_t n = nq / Lq;
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t qm = nq * M + m;
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const scalar_t* level = value + ((n * S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = (qm * L + l) * P + p;
+            if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
+              continue;
+            }
+            const acc_t a = weights[i];
+            for (int c = 0; c < 4; ++c) {
+              if (b.token[c] >= 0) {
+                axpy(acc.data(), level + b.token[c] * row, a * b.w[c], D);
+              }
+            }
+          }
+        }
+        scalar_t* o = out + qm * D;
+        for (int64_t d = 0; d < D; ++d) {
+          o[d] = static_cast<scalar_t>(acc[d]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes,
+                     const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
+                     at::opmath_type<scalar_t>* grad_value, scalar_t* grad_loc,
+                     scalar_t* grad_weights, int64_t N, int64_t S, int64_t M, int64_t D,
+                     int64_t Lq, int64_t L, int64_t P) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = M * D;
+  at::parallel_for(0, N * M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(D);
+    BilinearPoint<acc_t> b;
+    for (int64_t nm = begin; nm < end; ++nm) {
+      const int64_t n = nm / M, m = nm % M;
+      for (int64_t q = 0; q < Lq; ++q) {
+        const int64_t qm = (n * Lq + q) * M + m;
+        for (int64_t d = 0; d < D; ++d) {
+          g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const int64_t offset = ((n * S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = (qm * L + l) * P + p;
+            if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
+              continue;  // outputs start at zero
+            }
+            const acc_t a = weights[i];
+            acc_t g_weight = 0, g_x = 0, g_y = 0;
+            for (int c = 0; c < 4; ++c) {
+              if (b.token[c] < 0) {
+                continue;
+              }
+              const int64_t t = offset + b.token[c] * row;
+              const acc_t g_dot_v = dot(value + t, g.data(), D);
+              g_weight += b.w[c] * g_dot_v;
+              g_x += b.dw_dx[c] * g_dot_v;
+              g_y += b.dw_dy[c] * g_dot_v;
+              axpy(grad_value + t, g.data(), a * b.w[c], D);
+            }
+            grad_weights[i] = static_cast<scalar_t>(g_weight);
+            grad_loc[2 * i] = static_cast<scalar_t>(a * g_x * static_cast<acc_t>(W));
+            grad_loc[2 * i + 1] = static_cast<scalar_t>(a * g_y * static_cast<acc_t>(H));
+          }
+        }
+      }
+    }
+  });
+}
+
+at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                              const at::Tensor& level_start_index,
+                              const at::Tensor& sampling_locations,
+                              const at::Tensor& attention_weights) {
+  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations,
+               attention_weights, std::nullopt, std::nullopt);
+  check_levels_host(kForward, value, spatial_shapes, level_start_index);
+  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Lq = sampling_locations.size(1), L = spatial_shapes.size(0);
+  const int64_t P = sampling_locations.size(4);
+  auto out = at::empty({N, Lq, M * D}, value.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kForward, [&] {
+    forward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(),
+                             spatial_shapes.const_data_ptr<int64_t>(),
+                             level_start_index.const_data_ptr<int64_t>(),
+                             sampling_locations.const_data_ptr<scalar_t>(),
+                             attention_weights.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), N, S, M, D, Lq, L, P);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights) {
+  check_inputs(kBackward, value, spatial_shapes, level_start_index, sampling_locations,
+               attention_weights, std::nullopt, std::nullopt);
+  check_levels_host(kBackward, value, spatial_shapes, level_start_index);
+  check_grad_output(kBackward, grad_output, value, sampling_locations);
+  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
+  const int64_t Lq = sampling_locations.size(1), L = spatial_shapes.size(0);
+  const int64_t P = sampling_locations.size(4);
+  // grad_value accumulates in the op-math type (float for half / bfloat16)
+  const auto acc_type = attn_dtype(value.scalar_type());
+  auto grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  auto grad_loc = at::zeros_like(sampling_locations);
+  auto grad_weights = at::zeros_like(attention_weights);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward_kernel<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
+        sampling_locations.const_data_ptr<scalar_t>(), attention_weights.const_data_ptr<scalar_t>(),
+        grad_value.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
+        grad_weights.mutable_data_ptr<scalar_t>(), N, S, M, D, Lq, L, P);
+  });
+  return std::make_tuple(grad_value.to(value.scalar_type()), grad_loc, grad_weights);
+}
+
+}  // namespace
+}  // namespace lite_detr
+
+TORCH_LIBRARY_IMPL(lite_detr, CPU, m) {
+  m.impl("ms_deform_attn", &lite_detr::ms_deform_attn_cpu);
+  m.impl("ms_deform_attn_backward", &lite_detr::ms_deform_attn_backward_cpu);
+}

@@ -1,0 +1,300 @@
+// CPU kernels of lite_detr::ms_deform_attn_key_aware (Lite DETR, Li et al. 2023, sec. 3.3).
+//
+// Fused: per (n, q, m) the L*P keys and values are gathered into a per-task buffer (one gather
+// when key is None, since k == v), then logits q.k / sqrt(D), a max-subtracted softmax and the
+// weighted sum. Nothing of size (N, Lq, M, L*P, D) is allocated. The softmax weights (N, Lq, M,
+// L*P) are returned for the backward, which recomputes the samples.
+//
+// Backward, with a = softmax(s), s_j = q.k_j / sqrt(D), g = grad_output:
+//   ds_j = a_j (g.v_j - g.out),  grad_q = sum_j ds_j k_j / sqrt(D),
+//   grad_k_j = ds_j q / sqrt(D),  grad_v_j = a_j g  (both scattered bilinearly),
+//   grad_loc_j = sum over corners of dw/dxy * (grad_v_j . V_c + grad_k_j . K_c).
+// It runs parallel over (n, m) heads: single writer per grad_value / grad_key slice, fixed order,
+// bitwise reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cpu/bilinear.h"
+#include "ms_deform_attn.h"
+
+namespace lite_detr {
+namespace {
+
+using cpu::axpy;
+using cpu::BilinearPoint;
+using cpu::bilinear_setup;
+using cpu::dot;
+
+constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
+constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
+
+struct Sizes {
+  int64_t N, S, M, D, Lq, L, P;
+};
+
+// Gathers the bilinear sample of one level slice (`level`: token 0 of head m) into dst (zeroed).
+template <typename acc_t, typename scalar_t>
+inline void gather(acc_t* dst, const scalar_t* level, const BilinearPoint<acc_t>& b, int64_t row,
+                   int64_t D) {
+  std::fill(dst, dst + D, acc_t(0));
+  for (int c = 0; c < 4; ++c) {
+    if (b.token[c] >= 0) {
+      axpy(dst, level + b.token[c] * row, b.w[c], D);
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t* key,
+                    const int64_t* shapes, const int64_t* starts, const scalar_t* locations,
+                    scalar_t* out, at::opmath_type<scalar_t>* attn, Sizes s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
+  const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
+    // per-task buffers, reused by every query: the sampled values (L*P x D), one sampled key
+    std::vector<acc_t> q(D), v(LP * D), k(key ? D : 0), logits(LP), acc(D);
+    BilinearPoint<acc_t> b;
+    for (int64_t nq = begin; nq < end; ++nq) {
+      const int64_t n = nq / s.Lq;
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t qm = nq * M + m;
+        for (int64_t d = 0; d < D; ++d) {
+          q[d] = static_cast<acc_t>(query[qm * D + d]) * scale;
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            acc_t* vj = v.data() + j * D;
+            if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
+              std::fill(vj, vj + D, acc_t(0));  // no sample: k = v = 0, logit 0
+              logits[j] = 0;
+              continue;
+            }
+            gather(vj, value + offset, b, row, D);
+            if (key) {
+              gather(k.data(), key + offset, b, row, D);
+              logits[j] = dot(k.data(), q.data(), D);
+            } else {
+              logits[j] = dot(vj, q.data(), D);
+            }
+          }
+        }
+        const acc_t max = *std::max_element(logits.begin(), logits.end());
+        acc_t sum = 0;
+        for (int64_t j = 0; j < LP; ++j) {
+          logits[j] = std::exp(logits[j] - max);
+          sum += logits[j];
+        }
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t j = 0; j < LP; ++j) {
+          const acc_t a = logits[j] / sum;
+          attn[qm * LP + j] = a;
+          axpy(acc.data(), v.data() + j * D, a, D);
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          out[qm * D + d] = static_cast<scalar_t>(acc[d]);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scalar_t* value,
+                     const scalar_t* key, const int64_t* shapes, const int64_t* starts,
+                     const scalar_t* locations, const at::opmath_type<scalar_t>* attn,
+                     scalar_t* grad_query, at::opmath_type<scalar_t>* grad_value,
+                     at::opmath_type<scalar_t>* grad_key, scalar_t* grad_loc, Sizes s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
+  const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  at::parallel_for(0, s.N * M, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(D), q(D), v(LP * D), k(key ? LP * D : 0), g_dot_v(LP), grad_q(D);
+    std::vector<acc_t> grad_vj(D), grad_kj(key ? D : 0);
+    std::vector<BilinearPoint<acc_t>> points(LP);
+    std::vector<char> valid(LP);
+    for (int64_t nm = begin; nm < end; ++nm) {
+      const int64_t n = nm / M, m = nm % M;
+      for (int64_t iq = 0; iq < s.Lq; ++iq) {
+        const int64_t qm = (n * s.Lq + iq) * M + m;
+        const acc_t* a = attn + qm * LP;
+        for (int64_t d = 0; d < D; ++d) {
+          g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
+          q[d] = static_cast<acc_t>(query[qm * D + d]);
+        }
+        // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
+        acc_t g_dot_out = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            acc_t* vj = v.data() + j * D;
+            valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W,
+                                             points[j]);
+            if (!valid[j]) {
+              std::fill(vj, vj + D, acc_t(0));
+              if (key) {
+                std::fill(k.data() + j * D, k.data() + (j + 1) * D, acc_t(0));
+              }
+              g_dot_v[j] = 0;
+              continue;
+            }
+            gather(vj, value + offset, points[j], row, D);
+            if (key) {
+              gather(k.data() + j * D, key + offset, points[j], row, D);
+            }
+            g_dot_v[j] = dot(vj, g.data(), D);
+            g_dot_out += a[j] * g_dot_v[j];
+          }
+        }
+        // pass 2: gradients of the logits, then scatter
+        std::fill(grad_q.begin(), grad_q.end(), acc_t(0));
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            if (!valid[j]) {
+              continue;  // k_j = 0: no grad_q term; grad_loc stays zero
+            }
+            const acc_t ds = a[j] * (g_dot_v[j] - g_dot_out);
+            const BilinearPoint<acc_t>& b = points[j];
+            acc_t g_x = 0, g_y = 0;
+            if (key) {
+              axpy(grad_q.data(), k.data() + j * D, ds, D);
+              for (int64_t d = 0; d < D; ++d) {
+                grad_vj[d] = a[j] * g[d];
+                grad_kj[d] = ds * scale * q[d];
+              }
+              for (int c = 0; c < 4; ++c) {
+                if (b.token[c] < 0) {
+                  continue;
+                }
+                const int64_t t = offset + b.token[c] * row;
+                const acc_t dv = dot(value + t, grad_vj.data(), D) + dot(key + t, grad_kj.data(), D);
+                g_x += b.dw_dx[c] * dv;
+                g_y += b.dw_dy[c] * dv;
+                axpy(grad_value + t, grad_vj.data(), b.w[c], D);
+                axpy(grad_key + t, grad_kj.data(), b.w[c], D);
+              }
+            } else {
+              axpy(grad_q.data(), v.data() + j * D, ds, D);
+              // k == v: one combined gradient for the shared sample
+              for (int64_t d = 0; d < D; ++d) {
+                grad_vj[d] = a[j] * g[d] + ds * scale * q[d];
+              }
+              for (int c = 0; c < 4; ++c) {
+                if (b.token[c] < 0) {
+                  continue;
+                }
+                const int64_t t = offset + b.token[c] * row;
+                const acc_t dv = dot(value + t, grad_vj.data(), D);
+                g_x += b.dw_dx[c] * dv;
+                g_y += b.dw_dy[c] * dv;
+                axpy(grad_value + t, grad_vj.data(), b.w[c], D);
+              }
+            }
+            grad_loc[2 * i] = static_cast<scalar_t>(g_x * static_cast<acc_t>(W));
+            grad_loc[2 * i + 1] = static_cast<scalar_t>(g_y * static_cast<acc_t>(H));
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          grad_query[qm * D + d] = static_cast<scalar_t>(grad_q[d] * scale);
+        }
+      }
+    }
+  });
+}
+
+Sizes sizes_of(const at::Tensor& value, const at::Tensor& spatial_shapes,
+               const at::Tensor& sampling_locations) {
+  return {value.size(0),
+          value.size(1),
+          value.size(2),
+          value.size(3),
+          sampling_locations.size(1),
+          spatial_shapes.size(0),
+          sampling_locations.size(4)};
+}
+
+std::tuple<at::Tensor, at::Tensor> key_aware_cpu(const at::Tensor& query, const at::Tensor& value,
+                                                 const std::optional<at::Tensor>& key,
+                                                 const at::Tensor& spatial_shapes,
+                                                 const at::Tensor& level_start_index,
+                                                 const at::Tensor& sampling_locations) {
+  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations,
+               std::nullopt, query, key);
+  check_levels_host(kForward, value, spatial_shapes, level_start_index);
+  const Sizes s = sizes_of(value, spatial_shapes, sampling_locations);
+  auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());
+  auto attn = at::empty({s.N, s.Lq, s.M, s.L * s.P},
+                        value.options().dtype(attn_dtype(value.scalar_type())));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kForward, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t>(
+        query.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+        key ? key->const_data_ptr<scalar_t>() : nullptr, spatial_shapes.const_data_ptr<int64_t>(),
+        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), attn.mutable_data_ptr<acc_t>(), s);
+  });
+  return std::make_tuple(out, attn);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& value,
+    const std::optional<at::Tensor>& key, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attn) {
+  check_inputs(kBackward, value, spatial_shapes, level_start_index, sampling_locations,
+               std::nullopt, query, key);
+  check_levels_host(kBackward, value, spatial_shapes, level_start_index);
+  check_grad_output(kBackward, grad_output, value, sampling_locations);
+  const Sizes s = sizes_of(value, spatial_shapes, sampling_locations);
+  const auto acc_type = attn_dtype(value.scalar_type());
+  TORCH_CHECK(attn.scalar_type() == acc_type && attn.is_contiguous() && attn.dim() == 4 &&
+                  attn.size(0) == s.N && attn.size(1) == s.Lq && attn.size(2) == s.M &&
+                  attn.size(3) == s.L * s.P,
+              kBackward, ": attn must be the contiguous (N, Lq, M, L*P) ", acc_type,
+              " softmax weights returned by the forward");
+  auto grad_query = at::empty_like(query);
+  auto grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  auto grad_key = key ? at::zeros(value.sizes(), value.options().dtype(acc_type))
+                      : at::empty({0}, value.options());
+  auto grad_loc = at::zeros_like(sampling_locations);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward_kernel<scalar_t>(
+        grad_output.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(),
+        value.const_data_ptr<scalar_t>(), key ? key->const_data_ptr<scalar_t>() : nullptr,
+        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
+        sampling_locations.const_data_ptr<scalar_t>(), attn.const_data_ptr<acc_t>(),
+        grad_query.mutable_data_ptr<scalar_t>(), grad_value.mutable_data_ptr<acc_t>(),
+        key ? grad_key.mutable_data_ptr<acc_t>() : nullptr, grad_loc.mutable_data_ptr<scalar_t>(),
+        s);
+  });
+  const auto dtype = value.scalar_type();
+  return std::make_tuple(grad_query, grad_value.to(dtype), key ? grad_key.to(dtype) : grad_key,
+                         grad_loc);
+}
+
+}  // namespace
+}  // namespace lite_detr
+
+TORCH_LIBRARY_IMPL(lite_detr, CPU, m) {
+  m.impl("ms_deform_attn_key_aware", &lite_detr::key_aware_cpu);
+  m.impl("ms_deform_attn_key_aware_backward", &lite_detr::key_aware_backward_cpu);
+}

@@ -1,0 +1,71 @@
+"""Lite-DINO, ResNet-18 from scratch, H3L1-(2+1)x1 with KDA, on the synthetic shapes dataset (CPU).
+
+The ``make demo`` config: trains on a laptop CPU in minutes (see tools/run_demo.py). Smaller than
+the paper's model everywhere except the structure: hidden size 128, FFN 512, 3 decoder layers,
+100 queries, 20 denoising queries, one interleaved encoder block (two high-level updates and one
+low-level update, KDA in encoder and decoder). BatchNorm is trained (no ImageNet weights).
+"""
+
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.solver import WarmupParamScheduler
+from detectron2.solver.build import get_default_optimizer_params
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from ....configs.common.data.shapes import dataloader
+from ....configs.common.train import train
+from .models.lite_dino_r50 import model
+
+# backbone: ResNet-18 trained from scratch, so BatchNorm is trained and nothing is frozen
+model.backbone.stages.depth = 18
+model.backbone.stages.norm = "BN"
+model.backbone.stem.norm = "BN"
+model.backbone.freeze_at = 0
+model.neck.input_shapes.res3.channels = 128
+model.neck.input_shapes.res4.channels = 256
+model.neck.input_shapes.res5.channels = 512
+
+model.embed_dim = 128
+model.position_embedding.num_pos_feats = 64  # embed_dim / 2
+model.num_classes = 4
+model.num_queries = 100
+model.select_box_nums_for_evaluation = 100
+
+model.encoder.num_blocks = 1
+model.encoder.num_high_updates = 2
+model.encoder.num_high_levels = 3
+model.encoder.num_heads = 4
+model.encoder.feedforward_dim = 512
+model.encoder.low_feedforward_dim = 128
+
+model.decoder.num_layers = 3
+model.decoder.num_heads = 4
+model.decoder.feedforward_dim = 512
+
+model.denoising.num_dn_queries = 20
+
+dataloader.train.total_batch_size = 4
+
+optimizer = L(torch.optim.AdamW)(
+    params=L(get_default_optimizer_params)(weight_decay_norm=0.0),
+    lr=2e-4,
+    betas=(0.9, 0.999),
+    weight_decay=1e-4,
+)
+
+train.max_iter = 900
+train.output_dir = "./output/lite_dino_r18_shapes_cpu"
+train.device = "cpu"
+train.eval_period = 450
+train.log_period = 20
+train.checkpointer.period = 300
+train.checkpointer.max_to_keep = 3
+train.seed = 42
+
+# constant lr after a short linear warm-up, x0.1 for the last 20% of train.max_iter (the
+# schedule is a fraction of training: it scales with train.max_iter overrides)
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[8], num_updates=10),
+    warmup_length=0.02,
+    warmup_factor=0.01,
+)

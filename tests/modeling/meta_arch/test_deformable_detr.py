@@ -1,0 +1,162 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+
+from lite_detr.data.datasets.shapes import generate_shapes_dataset
+from lite_detr.modeling import DINO, InterleavedEncoder
+from lite_detr.modeling.decoders import box_sine_embedding
+from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR, LiteDeformableDETR
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+MODEL_CONFIGS = os.path.join(ROOT, "projects", "lite_deformable_detr", "configs", "models")
+
+# R18, width 64, 2 encoder / decoder layers, 20 queries: the R50 model configs shrunk by overrides
+TINY_OVERRIDES = [
+    "model.backbone.stages.depth=18",
+    "model.neck.input_shapes.res3.channels=128",
+    "model.neck.input_shapes.res4.channels=256",
+    "model.neck.input_shapes.res5.channels=512",
+    "model.embed_dim=64",
+    "model.position_embedding.num_pos_feats=32",
+    "model.encoder.feedforward_dim=128",
+    "model.decoder.num_layers=2",
+    "model.decoder.feedforward_dim=128",
+    "model.num_queries=20",
+    "model.num_classes=4",
+    "model.select_box_nums_for_evaluation=30",
+]
+TINY_ENCODER = {
+    "deformable_detr_r50": ["model.encoder.num_layers=2"],
+    "lite_deformable_detr_r50": [
+        "model.encoder.num_blocks=1",
+        "model.encoder.low_feedforward_dim=64",
+    ],
+}
+
+
+def build_tiny(name="deformable_detr_r50", overrides=(), seed=0):
+    cfg = LazyConfig.load(os.path.join(MODEL_CONFIGS, name + ".py"))
+    cfg = LazyConfig.apply_overrides(cfg, TINY_OVERRIDES + TINY_ENCODER[name] + list(overrides))
+    torch.manual_seed(seed)
+    return instantiate(cfg.model)
+
+
+@pytest.fixture(scope="module")
+def shapes_batch(tmp_path_factory):
+    """Two images of the synthetic shapes dataset (96x96, up to 10 objects) as model inputs."""
+    out = str(tmp_path_factory.mktemp("data") / "shapes")
+    generate_shapes_dataset(out, num_train=2, num_val=1, image_size=96, seed=0)
+    with open(os.path.join(out, "annotations", "instances_train.json")) as f:
+        coco = json.load(f)
+    batch = []
+    for img in coco["images"]:
+        anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
+        pixels = np.asarray(Image.open(os.path.join(out, img["file_name"])).convert("RGB"))
+        inst = Instances((img["height"], img["width"]))
+        inst.gt_boxes = Boxes(torch.tensor([a["bbox"] for a in anns]).reshape(-1, 4))
+        inst.gt_boxes.tensor[:, 2:] += inst.gt_boxes.tensor[:, :2]  # xywh -> xyxy
+        inst.gt_classes = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64)
+        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+        batch.append({"image": image, "instances": inst})
+    assert all(len(x["instances"]) > 0 for x in batch)
+    return batch
+
+
+def train_steps(model, batch, steps=20, lr=1e-3):
+    """Plain AdamW steps on one batch; returns the total loss of each step."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    history = []
+    for _ in range(steps):
+        loss = sum(model(batch).values())
+        history.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+    return history
+
+
+def test_registered_and_built_from_configs():
+    assert META_ARCH_REGISTRY.get("DeformableDETR") is DeformableDETR
+    assert META_ARCH_REGISTRY.get("LiteDeformableDETR") is LiteDeformableDETR
+    model = build_tiny()
+    assert type(model) is DeformableDETR and isinstance(model, DINO)
+    assert model.denoising is None and model.num_queries == 20
+    assert not model.decoder.look_forward_twice
+    assert model.decoder.class_embed[0] is not model.decoder.class_embed[1]  # one head per layer
+    assert model.criterion.weight_dict["loss_class"] == 2.0
+    assert model.variant_tag.tags == {"encoder": "deformable2/deformable", "decoder": "deformable"}
+    # content queries come from the proposals: no learned query embedding in the weights
+    assert not any(k.startswith("tgt_embed") for k in model.state_dict())
+    lite = build_tiny("lite_deformable_detr_r50")
+    assert type(lite) is LiteDeformableDETR and isinstance(lite.encoder, InterleavedEncoder)
+    assert lite.variant_tag.tags == {"encoder": "H3L1-(2+1)x1/key_aware", "decoder": "key_aware"}
+
+
+@pytest.mark.parametrize("name", ["deformable_detr_r50", "lite_deformable_detr_r50"])
+def test_train_and_eval_on_images_of_different_sizes(name, make_input):
+    model = build_tiny(name)
+    batch = [
+        make_input(96, 128, [[10, 12, 60, 70], [50, 40, 120, 90]], [0, 2], out_hw=(192, 256)),
+        make_input(80, 64, [[5, 5, 30, 40]], [1], seed=1),
+    ]
+    model.train()
+    losses = model(batch)
+    assert set(losses) == {
+        b + s for b in ("loss_class", "loss_bbox", "loss_giou") for s in ("", "_0", "_enc")
+    }
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    # every trainable parameter is used (DDP without find_unused_parameters)
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.content_proj.weight.grad.abs().sum() > 0
+
+    model.eval()
+    with torch.no_grad():
+        results = model(batch)
+    r0, r1 = results[0]["instances"], results[1]["instances"]
+    assert r0.image_size == (192, 256) and r1.image_size == (80, 64)
+    assert len(r0) == len(r1) == 30
+    assert (r0.pred_classes < 4).all() and ((r0.scores >= 0) & (r0.scores <= 1)).all()
+    b = r0.pred_boxes.tensor
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 3] <= 192).all()
+
+
+def test_content_queries_follow_the_proposals(make_input):
+    """Two-stage: each decoder query's content is a function of its selected proposal box."""
+    model = build_tiny().eval()
+    seen = {}
+    model.decoder.register_forward_hook(lambda m, args, out: seen.update(args=args))
+    with torch.no_grad():
+        model([make_input(96, 96, [], [])])
+    content, ref_unsig = seen["args"][:2]
+    assert content.shape == (1, 20, 64) and ref_unsig.shape == (1, 20, 4)
+    with torch.no_grad():
+        expected = model.content_norm(
+            model.content_proj(box_sine_embedding(ref_unsig.sigmoid(), 32))
+        )
+    torch.testing.assert_close(content, expected)
+    assert not torch.allclose(content[0, 0], content[0, 1])
+
+
+def test_bad_config_raises_clear_error(make_input):
+    with pytest.raises(ValueError, match="num_queries"):
+        build_tiny(overrides=["model.num_queries=500"]).eval()([make_input(32, 32, [], [])])
+    with pytest.raises(ValueError, match="embed_dim"):
+        build_tiny(overrides=["model.position_embedding.num_pos_feats=16"])
+
+
+def test_loss_falls_on_synthetic_shapes(shapes_batch):
+    torch.set_num_threads(2)
+    history = train_steps(build_tiny(seed=0), shapes_batch, steps=20)
+    assert all(np.isfinite(history)), history
+    assert np.mean(history[-3:]) < 0.8 * np.mean(history[:3]), history

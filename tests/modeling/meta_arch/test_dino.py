@@ -1,0 +1,133 @@
+import pytest
+import torch
+from detectron2.modeling import META_ARCH_REGISTRY
+from torchvision.ops import box_iou
+
+from lite_detr.modeling import DINO, InterleavedEncoder, LiteDINO
+
+
+def test_registered_and_named_modules(build_tiny):
+    assert META_ARCH_REGISTRY.get("DINO") is DINO and META_ARCH_REGISTRY.get("LiteDINO") is LiteDINO
+    model = build_tiny()
+    assert isinstance(model, LiteDINO) and isinstance(model.encoder, InterleavedEncoder)
+    for name in ("backbone", "neck", "encoder", "decoder"):
+        assert isinstance(getattr(model, name), torch.nn.Module)
+    assert model.variant_tag.tags == {"encoder": "H3L1-(2+1)x3/key_aware", "decoder": "key_aware"}
+    assert model.device == torch.device("cpu")
+    assert "pixel_mean" not in model.state_dict()  # non-persistent
+
+
+def test_train_and_eval_on_images_of_different_sizes(build_tiny, make_input):
+    model = build_tiny()
+    batch = [
+        make_input(96, 128, [[10, 12, 60, 70], [50, 40, 120, 90]], [0, 2], out_hw=(192, 256)),
+        make_input(80, 64, [[5, 5, 30, 40]], [1], seed=1),
+    ]
+    model.train()
+    losses = model(batch)
+    suffixes = ["", "_0", "_enc", "_dn", "_dn_0"]
+    assert set(losses) == {
+        b + s for b in ("loss_class", "loss_bbox", "loss_giou") for s in suffixes
+    }
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+
+    model.eval()
+    with torch.no_grad():
+        results = model(batch)
+    assert len(results) == 2
+    r0, r1 = results[0]["instances"], results[1]["instances"]
+    assert r0.image_size == (192, 256) and r1.image_size == (80, 64)  # "height"/"width" or own size
+    assert 0 < len(r0) <= 30 and len(r1) <= 30
+    assert r0.scores.shape == r0.pred_classes.shape == (len(r0),)
+    assert (r0.pred_classes < 3).all() and ((r0.scores >= 0) & (r0.scores <= 1)).all()
+    b = r0.pred_boxes.tensor
+    assert (b[:, 0] >= 0).all() and (b[:, 2] <= 256).all() and (b[:, 3] <= 192).all()
+
+
+def test_padding_does_not_change_predictions(build_tiny, make_input):
+    """An image padded in a batch with a bigger one gives the same detections as alone."""
+    model = build_tiny().eval()
+    small = make_input(64, 96, [], [], seed=3)
+    with torch.no_grad():
+        alone = model([small])[0]["instances"]
+        batched = model([small, make_input(96, 128, [], [], seed=4)])[0]["instances"]
+    assert torch.allclose(alone.scores[:5], batched.scores[:5], atol=2e-3)
+
+
+def test_images_without_ground_truth(build_tiny, make_input):
+    model = build_tiny().train()
+    empty = [make_input(64, 64, [], []), make_input(64, 80, [], [], seed=1)]
+    losses = model(empty)
+    assert "loss_class_dn" in losses and losses["loss_bbox"].item() == 0.0
+    sum(losses.values()).backward()
+    assert model.denoising.label_enc.weight.grad is not None  # DDP needs a gradient everywhere
+    mixed = model([make_input(64, 64, [[4, 4, 40, 40]], [2]), empty[1]])
+    assert set(mixed) == set(losses)
+
+
+def test_deformable_baseline_and_kda_off_overrides(build_tiny, make_input):
+    dino = build_tiny("dino_r50")
+    assert type(dino) is DINO and dino.variant_tag.tags["encoder"] == "deformable6/deformable"
+    kda_off = build_tiny(overrides=["model.encoder.attention=deformable"])
+    assert kda_off.variant_tag.tags == {
+        "encoder": "H3L1-(2+1)x3/deformable",
+        "decoder": "deformable",
+    }
+    assert not any("query_proj" in n for n, _ in kda_off.named_parameters())
+    swapped = build_tiny(
+        overrides=["model.encoder=${baseline_encoder}", "baseline_encoder.feedforward_dim=128"]
+    )
+    assert swapped.variant_tag.tags["encoder"] == "deformable6/deformable"
+    swapped.eval()
+    with torch.no_grad():
+        assert len(swapped([make_input(64, 64, [], [])])[0]["instances"]) > 0
+
+
+def test_bad_inputs_raise_clear_errors(build_tiny, make_input):
+    model = build_tiny()
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        model.eval()([{"image": torch.zeros(64, 64)}])
+    model.train()
+    with pytest.raises(ValueError, match="instances"):
+        model([{"image": torch.zeros(3, 64, 64)}])
+    with pytest.raises(ValueError, match="gt_classes"):
+        model([make_input(64, 64, [[1, 1, 20, 20]], [7])])
+    with pytest.raises(ValueError, match="num_queries"):
+        build_tiny(overrides=["model.num_queries=500"]).eval()([make_input(32, 32, [], [])])
+    with pytest.raises(ValueError, match="embed_dim"):
+        build_tiny(overrides=["model.position_embedding.num_pos_feats=16"])
+
+
+def test_overfits_one_image(build_tiny, make_input):
+    """A tiny model learns one image with two objects: loss falls and the boxes match the GT."""
+    torch.set_num_threads(2)
+    model = build_tiny(overrides=["model.denoising.num_dn_queries=4"], seed=0).train()
+    h, w = 96, 96
+    gt = torch.tensor([[12.0, 15.0, 45.0, 52.0], [52.0, 45.0, 90.0, 82.0]])
+    x = make_input(h, w, gt, [0, 2])
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    img[0, 15:52, 12:45] = 255
+    img[2, 45:82, 52:90] = 255
+    x["image"] = img
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    matching = ("loss_class", "loss_bbox", "loss_giou")
+    history = []
+    for _ in range(50):
+        losses = model([x])
+        history.append(sum(losses[k].item() for k in matching))
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    assert min(history[-5:]) < history[0] / 5, history
+    model.eval()
+    with torch.no_grad():
+        r = model([{"image": img}])[0]["instances"]
+    for cls, box in zip((0, 2), gt):
+        sel = r[r.pred_classes == cls]
+        best = sel[int(sel.scores.argmax()) : int(sel.scores.argmax()) + 1]
+        assert box_iou(best.pred_boxes.tensor, box[None]).item() > 0.5, (cls, best)

@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""
+FLOPs (fvcore, with the lite_detr op handles) and parameters of a LazyConfig model.
+
+    python tools/analyze_model.py --config-file CONFIG --tasks flop parameter
+    python tools/analyze_model.py --config-file CONFIG --tasks flop --input-size 800 1333
+
+FLOPs are counted on real test images when the config's test dataset is there, on random images
+of ``--input-size`` otherwise (DETR FLOPs depend on the image size only). They are reported in
+total and per top-level module (backbone, neck, encoder, decoder, ...), as multiply-accumulates.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections import defaultdict
+from typing import Dict, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from fvcore.nn import parameter_count  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from lite_detr.data import sample_inputs  # noqa: E402
+from lite_detr.engine import ConfigError, load_config  # noqa: E402
+from lite_detr.evaluation import FlopCountAnalysis  # noqa: E402
+
+logger = logging.getLogger("lite_detr.analyze_model")
+
+
+def count_flops(
+    model: torch.nn.Module,
+    inputs,
+    with_lite_detr_ops: bool = True,
+) -> Dict[str, float]:
+    """
+    Mean FLOPs over ``inputs`` per top-level module; key ``""`` is the total.
+
+    Args:
+        model: an eval-mode detectron2-style model.
+        inputs (list[dict]): single-image inputs.
+        with_lite_detr_ops (bool): count the compiled deformable / key-aware attention ops.
+    """
+    totals = defaultdict(float)
+    for inp in inputs:
+        flops = FlopCountAnalysis(model, [inp], with_lite_detr_ops=with_lite_detr_ops)
+        flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        for name, value in flops.by_module().items():
+            # detectron2 traces through a TracingAdapter: the model is its submodule "model"
+            if name == "model":
+                totals[""] += value / len(inputs)
+            elif name.startswith("model.") and "." not in name[len("model.") :]:
+                totals[name[len("model.") :]] += value / len(inputs)
+    return dict(totals)
+
+
+def flop_table(model: torch.nn.Module, flops: Dict[str, float]) -> str:
+    params = parameter_count(model)
+    total = flops.get("", 0.0)
+    rows = []
+    for name, value in sorted(flops.items(), key=lambda kv: -kv[1]):
+        if name == "":
+            continue
+        share = 100.0 * value / total if total else 0.0
+        rows.append([name, f"{value / 1e9:.3f}", f"{share:.1f}%", f"{params.get(name, 0) / 1e6:.2f}"])
+    rows.append(["total", f"{total / 1e9:.3f}", "100.0%", f"{params[''] / 1e6:.2f}"])
+    return tabulate(rows, headers=["module", "GFLOPs", "share", "params (M)"], tablefmt="pipe")
+
+
+def analyze(
+    cfg,
+    tasks: Sequence[str] = ("flop", "parameter"),
+    input_size: Optional[Sequence[int]] = None,
+    num_inputs: int = 1,
+) -> Dict:
+    """Run the tasks; return ``{"flops": {module: flops}, "params": {module: count}}``."""
+    model = instantiate(cfg.model)
+    model.eval()
+    ret = {}
+    if "flop" in tasks:
+        inputs = sample_inputs(cfg, num_inputs, input_size)
+        h, w = inputs[0]["image"].shape[-2:]
+        with torch.no_grad():
+            ret["flops"] = count_flops(model, inputs)
+        logger.info(
+            f"FLOPs (multiply-accumulates), mean over {len(inputs)} input(s), first one "
+            f"{h}x{w}:\n" + flop_table(model, ret["flops"])
+        )
+    if "parameter" in tasks:
+        from fvcore.nn import parameter_count_table
+
+        ret["params"] = dict(parameter_count(model))
+        logger.info("Parameters:\n" + parameter_count_table(model, max_depth=2))
+    if "structure" in tasks:
+        logger.info("Model structure:\n" + str(model))
+    return ret
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--tasks", nargs="+", default=["flop", "parameter"], choices=["flop", "parameter", "structure"]
+    )
+    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
+    parser.add_argument("--num-inputs", type=int, default=1, help="images to average FLOPs over")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="lite_detr")
+    setup_logger(name="fvcore")
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        return analyze(cfg, args.tasks, args.input_size, args.num_inputs)
+    except ConfigError as e:
+        print(f"analyze_model.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

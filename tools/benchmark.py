@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""
+Speed of a LazyConfig model: inference latency, training iteration time, data-loader throughput.
+
+    python tools/benchmark.py --config-file CONFIG --tasks inference --input-size 800 1333
+    python tools/benchmark.py --config-file CONFIG --device cuda --tasks inference train data
+
+Latency is measured after ``--warmup`` runs over ``--iters`` runs: median and spread (p10-p90),
+FPS = 1 / median, and the peak memory (CUDA: max allocated; CPU: peak resident set size of the
+process). Training uses batches of ``dataloader.train.total_batch_size`` images.
+"""
+
+import argparse
+import itertools
+import logging
+import os
+import resource
+import sys
+import time
+from typing import Dict, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from lite_detr.data import sample_inputs  # noqa: E402
+from lite_detr.engine import ConfigError, check_config, load_config  # noqa: E402
+
+logger = logging.getLogger("lite_detr.benchmark")
+
+
+def _sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _timeit(fn, warmup: int, iters: int, device: str, desc: str) -> Dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in tqdm(range(iters), desc=desc, leave=False):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    t = np.array(times)
+    return {
+        "median_s": float(np.median(t)),
+        "p10_s": float(np.percentile(t, 10)),
+        "p90_s": float(np.percentile(t, 90)),
+        "runs": len(t),
+    }
+
+
+def _fake_instances(h: int, w: int, num: int = 5) -> Instances:
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(num, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    wh = (torch.rand(num, 2, generator=g) * 0.25 + 0.05) * torch.tensor([w, h])
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1))
+    inst.gt_classes = torch.zeros(num, dtype=torch.long)
+    return inst
+
+
+def benchmark(
+    cfg,
+    tasks: Sequence[str] = ("inference",),
+    input_size: Optional[Sequence[int]] = None,
+    device: str = "cpu",
+    warmup: int = 3,
+    iters: int = 10,
+) -> Dict[str, Dict[str, float]]:
+    """Run the benchmark tasks; return their statistics (seconds, FPS, MB)."""
+    ret = {}
+    if "inference" in tasks or "train" in tasks:
+        model = instantiate(cfg.model).to(device)
+        inputs = sample_inputs(cfg, 1, input_size)
+    if "inference" in tasks:
+        model.eval()
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            stats = _timeit(lambda: model(inputs), warmup, iters, device, "inference")
+        stats["fps"] = 1.0 / stats["median_s"]
+        stats["peak_memory_mb"] = _peak_memory_mb(device)
+        ret["inference"] = stats
+        h, w = inputs[0]["image"].shape[-2:]
+        logger.info(
+            f"inference {h}x{w} on {device}: median {stats['median_s'] * 1e3:.1f} ms "
+            f"(p10 {stats['p10_s'] * 1e3:.1f}, p90 {stats['p90_s'] * 1e3:.1f}), "
+            f"{stats['fps']:.2f} FPS, peak memory {stats['peak_memory_mb']:.0f} MB"
+        )
+    if "train" in tasks:
+        model.train()
+        batch_size = int(cfg.dataloader.train.get("total_batch_size", 2))
+        batch = []
+        for i in range(batch_size):
+            x = dict(inputs[i % len(inputs)])
+            h, w = x["image"].shape[-2:]
+            x["instances"] = _fake_instances(h, w)
+            batch.append(x)
+        cfg.optimizer.params.model = model
+        optimizer = instantiate(cfg.optimizer)
+
+        def step():
+            losses = sum(model(batch).values())
+            optimizer.zero_grad()
+            losses.backward()
+            optimizer.step()
+
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        stats = _timeit(step, warmup, iters, device, "train")
+        stats["peak_memory_mb"] = _peak_memory_mb(device)
+        stats["batch_size"] = batch_size
+        ret["train"] = stats
+        logger.info(
+            f"training iteration (batch {batch_size}) on {device}: median "
+            f"{stats['median_s'] * 1e3:.1f} ms (p10 {stats['p10_s'] * 1e3:.1f}, "
+            f"p90 {stats['p90_s'] * 1e3:.1f}), peak memory {stats['peak_memory_mb']:.0f} MB"
+        )
+    if "data" in tasks:
+        loader = iter(instantiate(cfg.dataloader.train))
+        for _ in range(warmup):
+            next(loader)
+        t = time.perf_counter()
+        images = sum(len(b) for b in tqdm(itertools.islice(loader, iters), desc="data", total=iters))
+        dt = time.perf_counter() - t
+        ret["data"] = {"images_per_s": images / dt, "batches": iters}
+        logger.info(f"data loader: {images / dt:.1f} images/s over {iters} batches")
+    return ret
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument(
+        "--tasks", nargs="+", default=["inference"], choices=["inference", "train", "data"]
+    )
+    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="lite_detr")
+    try:
+        cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])
+        check_config(cfg, eval_only="train" not in args.tasks and "data" not in args.tasks)
+        return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
+    except ConfigError as e:
+        print(f"benchmark.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+#!/usr/bin/env python
+"""
+Run a trained model on images, a folder or a video; write visualised predictions and JSON.
+
+    python tools/demo.py --config-file CONFIG --weights model_final.pth \\
+        --input img1.jpg img2.jpg folder/ video.mp4 --output out/ --confidence-threshold 0.5
+
+Images give ``out/<name>.png`` (detectron2 ``Visualizer``), videos ``out/<name>.mp4`` (needs
+OpenCV); all detections (boxes XYXY in input pixels, score, class) go to ``out/results.json``.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from lite_detr.engine import ConfigError, build_checkpointer, load_config  # noqa: E402
+
+logger = logging.getLogger("lite_detr.demo")
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
+
+
+class Predictor:
+    """
+    Single-image inference with the config's test-time resize; inputs are RGB uint8 HWC arrays.
+
+    Args:
+        cfg: LazyConfig with ``model``, ``dataloader.test`` and ``train.device``.
+        weights (str): checkpoint path ("" keeps the random initialisation).
+    """
+
+    def __init__(self, cfg, weights: str):
+        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
+        if weights:
+            if not os.path.isfile(weights):
+                raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
+            try:
+                build_checkpointer(self.model).load(weights)
+            except Exception as e:  # e.g. a checkpoint of another encoder variant
+                raise ConfigError(f"Cannot load weights {weights!r}: {e}") from e
+        mapper = cfg.dataloader.test.mapper
+        self.augmentation = T.AugmentationList(instantiate(list(mapper.augmentation)))
+        self.input_format = mapper.get("image_format", "RGB")
+        names = cfg.dataloader.test.dataset.names
+        self.metadata = MetadataCatalog.get(names if isinstance(names, str) else names[0])
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray):
+        h, w = rgb.shape[:2]
+        aug = T.AugInput(rgb)
+        self.augmentation(aug)
+        image = aug.image if self.input_format == "RGB" else aug.image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
+
+
+def _filter(instances, threshold: float):
+    return instances[instances.scores >= threshold]
+
+
+def _to_json(instances, class_names: List[str]) -> List[Dict]:
+    out = []
+    for box, score, cls in zip(
+        instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist()
+    ):
+        name = class_names[cls] if cls < len(class_names) else str(cls)
+        out.append({"bbox_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "category_id": cls, "category": name})
+    return out
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Read an image as RGB uint8 HWC, with a clear error for an unreadable file."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise ConfigError(
+            f"Cannot read image {path!r} ({type(e).__name__}: {e}): pass a readable image file."
+        ) from e
+
+
+def _expand_inputs(inputs: List[str]) -> List[str]:
+    files = []
+    for path in inputs:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS)
+            )
+            if not found:
+                raise ConfigError(f"Folder {path!r} has no image or video files.")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise ConfigError(f"Input {path!r} does not exist: pass image files, folders or videos.")
+    return files
+
+
+def _run_video(predictor, path: str, out_dir: str, threshold: float, class_names) -> List[Dict]:
+    try:
+        import cv2
+    except ImportError as e:
+        raise ConfigError(
+            f"Video input {path!r} needs OpenCV: pip install opencv-python-headless."
+        ) from e
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ConfigError(f"Cannot open video {path!r}: pass a readable video file.")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    out_path = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mp4")
+    writer, frames = None, []
+    for idx in tqdm(range(n) if n else iter(int, 1), desc=os.path.basename(path), total=n):
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        rgb = bgr[:, :, ::-1]
+        inst = _filter(predictor(rgb), threshold)
+        vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst).get_image()
+        if writer is None:
+            fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+            writer = cv2.VideoWriter(out_path, fourcc, fps, (vis.shape[1], vis.shape[0]))
+        writer.write(np.ascontiguousarray(vis[:, :, ::-1]))
+        frames.append({"frame": idx, "instances": _to_json(inst, class_names)})
+    cap.release()
+    if writer is not None:
+        writer.release()
+    return [{"file_name": path, "output": out_path, "frames": frames}]
+
+
+def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.5) -> List[Dict]:
+    """Predict on every input; write PNG/MP4 visualisations and ``results.json`` into ``output``."""
+    files = _expand_inputs(inputs)
+    predictor = Predictor(cfg, weights)
+    class_names = predictor.metadata.get("thing_classes", [])
+    os.makedirs(output, exist_ok=True)
+    results = []
+    for path in tqdm(files, desc="demo"):
+        if path.lower().endswith(VIDEO_EXTS):
+            results.extend(_run_video(predictor, path, output, threshold, class_names))
+            continue
+        rgb = read_rgb(path)
+        inst = _filter(predictor(rgb), threshold)
+        vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst)
+        out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
+        vis.save(out_path)
+        results.append({"file_name": path, "output": out_path, "instances": _to_json(inst, class_names)})
+        logger.info(f"{path}: {len(inst)} detections >= {threshold} -> {out_path}")
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    return results
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--weights", default="", help="checkpoint (default: train.init_checkpoint)")
+    parser.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
+    parser.add_argument("--output", required=True, help="folder for PNG/MP4 and results.json")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
+    return parser
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    setup_logger(name="lite_detr")
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+            cfg.train.device = "cpu"  # inference runs anywhere; training configs default to cuda
+        import lite_detr.data  # noqa: F401  (registers the shapes metadata)
+
+        return run(cfg, args.weights or cfg.train.init_checkpoint, args.input, args.output, args.confidence_threshold)
+    except ConfigError as e:
+        print(f"demo.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

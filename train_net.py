@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""
+Train or evaluate a Lite DETR LazyConfig with detectron2's trainer.
+
+    python train_net.py --config-file projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py
+    python train_net.py --config-file CONFIG --num-gpus 8 train.amp.enabled=True
+    python train_net.py --config-file CONFIG --eval-only train.init_checkpoint=model_final.pth
+    python train_net.py --config-file CONFIG --resume   # continue from output_dir/last_checkpoint
+
+Same ``train`` keys as detectron2's ``tools/lazyconfig_train_net.py`` (which can run these
+configs too), plus ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_ema``.
+"""
+
+import logging
+import sys
+
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+
+from lite_detr.engine import ConfigError, check_config, do_eval_only, do_train, load_config
+
+logger = logging.getLogger("detectron2")
+
+
+def main(args):
+    cfg = load_config(args.config_file, args.opts)
+    check_config(cfg, eval_only=args.eval_only)  # before default_setup writes to output_dir
+    default_setup(cfg, args)
+    if args.eval_only:
+        ret = do_eval_only(cfg)
+        if comm.is_main_process():
+            print(ret)
+        return ret
+    do_train(args, cfg)
+
+
+def _one_line(e: BaseException) -> str:
+    # exceptions re-raised from data-loader workers carry the worker traceback: keep its last line
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (ConfigError, FloatingPointError, OSError) as e:
+        print(f"train_net.py: error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)

@@ -69,7 +69,7 @@ def prepare_data(
 
 def _overrides(args, dataset: str) -> List[str]:
     s = args.image_size
-    train_sizes = sorted({int(round(s * f / 32)) * 32 for f in (0.9, 1.0, 1.1)} | {s})
+    train_sizes = sorted({int(round(s * f / 32)) * 32 for f in (0.8, 0.9)} | {s})
     opts = [
         f"train.output_dir={args.output_dir}",
         "train.device=cpu",

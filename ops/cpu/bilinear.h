@@ -30,8 +30,10 @@ inline bool bilinear_setup(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W,
         y < static_cast<acc_t>(H))) {
     return false;  // comparisons with NaN are false
   }
-  const acc_t fx = std::floor(x), fy = std::floor(y);
-  const int64_t x0 = static_cast<int64_t>(fx), y0 = static_cast<int64_t>(fy);
+  // x, y >= -1 here, so truncating x + 1 is floor(x) + 1 (and cheaper than std::floor)
+  const int64_t x0 = static_cast<int64_t>(x + acc_t(1)) - 1;
+  const int64_t y0 = static_cast<int64_t>(y + acc_t(1)) - 1;
+  const acc_t fx = static_cast<acc_t>(x0), fy = static_cast<acc_t>(y0);
   const acc_t lx = x - fx, ly = y - fy, hx = acc_t(1) - lx, hy = acc_t(1) - ly;
   const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
   const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
@@ -46,6 +48,63 @@ inline bool bilinear_setup(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W,
     b.dw_dy[c] = dy[c];
   }
   return true;
+}
+
+// The rows of the four corners of `b` in a level whose token 0 is `level` (tokens `row` apart) and
+// their weights; corners outside the map read `zeros` with weight 0, so the channel loops below
+// need no branches.
+template <typename acc_t, typename src_t>
+inline void corner_rows(const BilinearPoint<acc_t>& b, const src_t* level, int64_t row,
+                        const src_t* zeros, acc_t scale, const src_t* rows[4], acc_t w[4]) {
+  for (int c = 0; c < 4; ++c) {
+    const bool inside = b.token[c] >= 0;
+    rows[c] = inside ? level + b.token[c] * row : zeros;
+    w[c] = inside ? scale * b.w[c] : acc_t(0);
+  }
+}
+
+// Asks for the cache lines of `bytes` at `p` ahead of their use: the gathers and scatters are
+// bound by memory latency, and the L*P points of a query are independent.
+template <bool kWrite = false>
+inline void prefetch(const void* p, int64_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = 0; off < bytes; off += 64) {
+    __builtin_prefetch(c + off, kWrite ? 1 : 0);
+  }
+#endif
+}
+
+template <typename src_t>
+inline void prefetch_rows(const src_t* const rows[4], int64_t bytes) {
+  for (int c = 0; c < 4; ++c) {
+    prefetch(rows[c], bytes);
+  }
+}
+
+// Prefetches the inside corners of `b`: rows of `level` to read, rows of `grad_level` to update.
+template <typename acc_t, typename src_t, typename grad_t>
+inline void prefetch_corners(const BilinearPoint<acc_t>& b, const src_t* level,
+                             const grad_t* grad_level, int64_t row, int64_t D) {
+  for (int c = 0; c < 4; ++c) {
+    if (b.token[c] >= 0) {
+      prefetch(level + b.token[c] * row, D * sizeof(src_t));
+      prefetch<true>(grad_level + b.token[c] * row, D * sizeof(grad_t));
+    }
+  }
+}
+
+// dst[d] (+)= sum_c w[c] * rows[c][d]: one pass over the channels for the four corners.
+template <bool kAccumulate, typename acc_t, typename src_t>
+inline void combine4(acc_t* __restrict__ dst, const src_t* const rows[4], const acc_t w[4],
+                     int64_t D) {
+  const src_t *r0 = rows[0], *r1 = rows[1], *r2 = rows[2], *r3 = rows[3];
+  const acc_t w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t d = 0; d < D; ++d) {
+    const acc_t x = w0 * static_cast<acc_t>(r0[d]) + w1 * static_cast<acc_t>(r1[d]) +
+                    w2 * static_cast<acc_t>(r2[d]) + w3 * static_cast<acc_t>(r3[d]);
+    dst[d] = kAccumulate ? dst[d] + x : x;
+  }
 }
 
 // dst[d] += alpha * src[d]

@@ -24,7 +24,11 @@ namespace {
 using cpu::axpy;
 using cpu::BilinearPoint;
 using cpu::bilinear_setup;
+using cpu::combine4;
+using cpu::corner_rows;
 using cpu::dot;
+using cpu::prefetch_corners;
+using cpu::prefetch_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
@@ -36,28 +40,32 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = M * D;  // stride between tokens in value
   at::parallel_for(0, N * Lq, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(D);  // one buffer per task, reused by every point
+    const int64_t LP = L * P;
+    // per-task buffers, reused by every query: the accumulator, corner rows and weights
+    std::vector<acc_t> acc(D), w(4 * LP);
+    std::vector<const scalar_t*> rows(4 * LP);
+    const std::vector<scalar_t> zeros(D, scalar_t(0));
     BilinearPoint<acc_t> b;
     for (int64_t nq = begin; nq < end; ++nq) {
       const int64_t n = nq / Lq;
       for (int64_t m = 0; m < M; ++m) {
         const int64_t qm = nq * M + m;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
+        // corners of every point first, with prefetches, so the gathers below overlap
         for (int64_t l = 0; l < L; ++l) {
           const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
           const scalar_t* level = value + ((n * S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
-            const int64_t i = (qm * L + l) * P + p;
+            const int64_t j = l * P + p, i = qm * LP + j;
             if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
-              continue;
+              b.token[0] = b.token[1] = b.token[2] = b.token[3] = -1;
             }
-            const acc_t a = weights[i];
-            for (int c = 0; c < 4; ++c) {
-              if (b.token[c] >= 0) {
-                axpy(acc.data(), level + b.token[c] * row, a * b.w[c], D);
-              }
-            }
+            corner_rows<acc_t>(b, level, row, zeros.data(), weights[i], &rows[4 * j], &w[4 * j]);
+            prefetch_rows(&rows[4 * j], D * sizeof(scalar_t));
           }
+        }
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t j = 0; j < LP; ++j) {
+          combine4<true>(acc.data(), &rows[4 * j], &w[4 * j], D);
         }
         scalar_t* o = out + qm * D;
         for (int64_t d = 0; d < D; ++d) {
@@ -77,8 +85,10 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = M * D;
   at::parallel_for(0, N * M, 1, [&](int64_t begin, int64_t end) {
+    const int64_t LP = L * P;
     std::vector<acc_t> g(D);
-    BilinearPoint<acc_t> b;
+    std::vector<BilinearPoint<acc_t>> points(LP);
+    std::vector<char> valid(LP);
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / M, m = nm % M;
       for (int64_t q = 0; q < Lq; ++q) {
@@ -86,14 +96,28 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
         }
+        // corners of every point first, with prefetches, so the memory accesses below overlap
         for (int64_t l = 0; l < L; ++l) {
           const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
           const int64_t offset = ((n * S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
-            const int64_t i = (qm * L + l) * P + p;
-            if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W,
+                                             points[j]);
+            if (valid[j]) {
+              prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
+            }
+          }
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+          const int64_t offset = ((n * S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            if (!valid[j]) {
               continue;  // outputs start at zero
             }
+            const BilinearPoint<acc_t>& b = points[j];
             const acc_t a = weights[i];
             acc_t g_weight = 0, g_x = 0, g_y = 0;
             for (int c = 0; c < 4; ++c) {

@@ -33,7 +33,11 @@ namespace {
 using cpu::axpy;
 using cpu::BilinearPoint;
 using cpu::bilinear_setup;
+using cpu::combine4;
+using cpu::corner_rows;
 using cpu::dot;
+using cpu::prefetch_corners;
+using cpu::prefetch_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
@@ -42,16 +46,15 @@ struct Sizes {
   int64_t N, S, M, D, Lq, L, P;
 };
 
-// Gathers the bilinear sample of one level slice (`level`: token 0 of head m) into dst (zeroed).
+// dst = bilinear sample at `b` of the level slice `level` (token 0 of head m); zero when no corner
+// lies inside the map.
 template <typename acc_t, typename scalar_t>
 inline void gather(acc_t* dst, const scalar_t* level, const BilinearPoint<acc_t>& b, int64_t row,
-                   int64_t D) {
-  std::fill(dst, dst + D, acc_t(0));
-  for (int c = 0; c < 4; ++c) {
-    if (b.token[c] >= 0) {
-      axpy(dst, level + b.token[c] * row, b.w[c], D);
-    }
-  }
+                   const scalar_t* zeros, int64_t D) {
+  const scalar_t* rows[4];
+  acc_t w[4];
+  corner_rows<acc_t>(b, level, row, zeros, acc_t(1), rows, w);
+  combine4<false>(dst, rows, w, D);
 }
 
 template <typename scalar_t>
@@ -62,8 +65,11 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
   at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
-    // per-task buffers, reused by every query: the sampled values (L*P x D), one sampled key
-    std::vector<acc_t> q(D), v(LP * D), k(key ? D : 0), logits(LP), acc(D);
+    // per-task buffers, reused by every query: the sampled values (L*P x D), one sampled key,
+    // the corner rows and weights of the L*P points
+    std::vector<acc_t> q(D), v(LP * D), k(key ? D : 0), logits(LP), acc(D), w(4 * LP);
+    std::vector<const scalar_t*> rows(4 * LP), key_rows(key ? 4 * LP : 0);
+    const std::vector<scalar_t> zeros(D, scalar_t(0));
     BilinearPoint<acc_t> b;
     for (int64_t nq = begin; nq < end; ++nq) {
       const int64_t n = nq / s.Lq;
@@ -72,24 +78,34 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
         for (int64_t d = 0; d < D; ++d) {
           q[d] = static_cast<acc_t>(query[qm * D + d]) * scale;
         }
+        // corners of every point first, with prefetches, so the gathers below overlap
         for (int64_t l = 0; l < L; ++l) {
           const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
           const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            acc_t* vj = v.data() + j * D;
             if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
-              std::fill(vj, vj + D, acc_t(0));  // no sample: k = v = 0, logit 0
-              logits[j] = 0;
-              continue;
+              b.token[0] = b.token[1] = b.token[2] = b.token[3] = -1;  // k = v = 0, logit 0
             }
-            gather(vj, value + offset, b, row, D);
+            corner_rows<acc_t>(b, value + offset, row, zeros.data(), acc_t(1), &rows[4 * j],
+                               &w[4 * j]);
+            prefetch_rows(&rows[4 * j], D * sizeof(scalar_t));
             if (key) {
-              gather(k.data(), key + offset, b, row, D);
-              logits[j] = dot(k.data(), q.data(), D);
-            } else {
-              logits[j] = dot(vj, q.data(), D);
+              acc_t unused[4];
+              corner_rows<acc_t>(b, key + offset, row, zeros.data(), acc_t(1), &key_rows[4 * j],
+                                 unused);
+              prefetch_rows(&key_rows[4 * j], D * sizeof(scalar_t));
             }
+          }
+        }
+        for (int64_t j = 0; j < LP; ++j) {
+          acc_t* vj = v.data() + j * D;
+          combine4<false>(vj, &rows[4 * j], &w[4 * j], D);
+          if (key) {
+            combine4<false>(k.data(), &key_rows[4 * j], &w[4 * j], D);
+            logits[j] = dot(k.data(), q.data(), D);
+          } else {
+            logits[j] = dot(vj, q.data(), D);
           }
         }
         const acc_t max = *std::max_element(logits.begin(), logits.end());
@@ -125,6 +141,7 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
     std::vector<acc_t> g(D), q(D), v(LP * D), k(key ? LP * D : 0), g_dot_v(LP), grad_q(D);
     std::vector<acc_t> grad_vj(D), grad_kj(key ? D : 0);
     std::vector<BilinearPoint<acc_t>> points(LP);
+    const std::vector<scalar_t> zeros(D, scalar_t(0));
     std::vector<char> valid(LP);
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / M, m = nm % M;
@@ -135,16 +152,29 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
           q[d] = static_cast<acc_t>(query[qm * D + d]);
         }
-        // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
-        acc_t g_dot_out = 0;
+        // corners of every point first, with prefetches, so the memory accesses below overlap
         for (int64_t l = 0; l < L; ++l) {
           const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
           const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            acc_t* vj = v.data() + j * D;
             valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W,
                                              points[j]);
+            if (valid[j]) {
+              prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
+              if (key) {
+                prefetch_corners(points[j], key + offset, grad_key + offset, row, D);
+              }
+            }
+          }
+        }
+        // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
+        acc_t g_dot_out = 0;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p;
+            acc_t* vj = v.data() + j * D;
             if (!valid[j]) {
               std::fill(vj, vj + D, acc_t(0));
               if (key) {
@@ -153,9 +183,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
               g_dot_v[j] = 0;
               continue;
             }
-            gather(vj, value + offset, points[j], row, D);
+            gather(vj, value + offset, points[j], row, zeros.data(), D);
             if (key) {
-              gather(k.data() + j * D, key + offset, points[j], row, D);
+              gather(k.data() + j * D, key + offset, points[j], row, zeros.data(), D);
             }
             g_dot_v[j] = dot(vj, g.data(), D);
             g_dot_out += a[j] * g_dot_v[j];

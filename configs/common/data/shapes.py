@@ -23,7 +23,7 @@ dataloader.train = L(build_detection_train_loader)(
         augmentation=[
             L(T.RandomFlip)(horizontal=True),
             L(T.ResizeShortestEdge)(
-                short_edge_length=(288, 320, 352), max_size=600, sample_style="choice"
+                short_edge_length=(256, 288, 320), max_size=600, sample_style="choice"
             ),
         ],
         image_format="RGB",

@@ -48,13 +48,18 @@ class VariantTag(nn.Module):
     def check(self, state: Tensor) -> None:
         """Raise ValueError naming both variants if ``state`` (a saved tag) differs from ours."""
         saved = self.decode(state)
-        for key in sorted(set(saved) | set(self.tags)):
-            theirs, ours = saved.get(key), self.tags.get(key)
-            if theirs != ours:
-                raise ValueError(
-                    f"checkpoint {self._NAMES.get(key, key)} {theirs!r} does not match the "
-                    f"config's {ours!r}; load weights of the same variant, or change the config"
-                )
+        keys = [k for k in self._NAMES if k in saved or k in self.tags]
+        keys += sorted((set(saved) | set(self.tags)) - set(keys))
+        problems = [
+            f"checkpoint {self._NAMES.get(k, k)} {saved.get(k)!r} does not match the config's "
+            f"{self.tags.get(k)!r}"
+            for k in keys
+            if saved.get(k) != self.tags.get(k)
+        ]
+        if problems:
+            raise ValueError(
+                "; ".join(problems) + " (load weights of the same variant, or change the config)"
+            )
 
     def set_extra_state(self, state: Tensor) -> None:
         self.check(state)

@@ -1,4 +1,4 @@
-"""H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: two-stage Deformable DETR with hybrid matching."""
+"""H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: Deformable DETR with hybrid matching."""
 
 from typing import Dict, List
 
@@ -73,9 +73,7 @@ class HDETR(DeformableDETR):
             kwargs: arguments of :class:`DeformableDETR`; ``num_queries`` is Q1 (300).
         """
         if kwargs.get("denoising") is not None:
-            raise ValueError(
-                "HDETR: denoising queries are not supported; set model.denoising=None"
-            )
+            raise ValueError("HDETR: denoising queries are not supported; set model.denoising=None")
         if not isinstance(num_queries_one2many, int) or num_queries_one2many < 0:
             raise ValueError(
                 f"HDETR: num_queries_one2many must be an int >= 0, got {num_queries_one2many!r}"

@@ -1,0 +1,205 @@
+import os
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from lite_detr.modeling import InterleavedEncoder
+from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR
+from lite_detr.modeling.meta_arch.h_detr import (
+    HDETR,
+    LiteHDETR,
+    build_hybrid_attn_mask,
+    repeat_targets,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+PROJECTS = os.path.join(ROOT, "projects")
+
+# the R50 model configs shrunk by overrides (as in test_deformable_detr.py); H-DETR's 300 + 1500
+# queries with k = 6 scaled down to 20 + 40 with k = 3
+TINY_OVERRIDES = [
+    "model.backbone.stages.depth=18",
+    "model.backbone.freeze_at=5",
+    "model.neck.input_shapes.res3.channels=128",
+    "model.neck.input_shapes.res4.channels=256",
+    "model.neck.input_shapes.res5.channels=512",
+    "model.embed_dim=64",
+    "model.position_embedding.num_pos_feats=32",
+    "model.encoder.feedforward_dim=128",
+    "model.decoder.num_layers=2",
+    "model.decoder.feedforward_dim=128",
+    "model.num_queries=20",
+    "model.num_classes=4",
+    "model.select_box_nums_for_evaluation=30",
+]
+H_OVERRIDES = ["model.num_queries_one2many=40", "model.one2many_repeats=3"]
+CONFIGS = {
+    "h_detr_r50": ("lite_h_detr", ["model.encoder.num_layers=2"] + H_OVERRIDES),
+    "lite_h_detr_r50": (
+        "lite_h_detr",
+        ["model.encoder.num_blocks=1", "model.encoder.low_feedforward_dim=64"] + H_OVERRIDES,
+    ),
+    "deformable_detr_r50": ("lite_deformable_detr", ["model.encoder.num_layers=2"]),
+}
+BASE = ("loss_class", "loss_bbox", "loss_giou")
+
+
+def build_tiny(name="h_detr_r50", overrides=(), seed=0):
+    project, extra = CONFIGS[name]
+    cfg = LazyConfig.load(os.path.join(PROJECTS, project, "configs", "models", name + ".py"))
+    cfg = LazyConfig.apply_overrides(cfg, TINY_OVERRIDES + extra + list(overrides))
+    torch.manual_seed(seed)
+    return instantiate(cfg.model)
+
+
+@pytest.fixture
+def batch(make_input):
+    return [
+        make_input(64, 96, [[10, 12, 60, 50], [50, 30, 90, 60]], [0, 2], out_hw=(128, 192)),
+        make_input(72, 64, [[5, 5, 30, 40], [30, 20, 60, 50], [8, 50, 40, 70]], [1, 3, 1], seed=1),
+    ]
+
+
+def decoder_calls(model):
+    """Records the queries (N, Q, C) and self-attention mask of every decoder call."""
+    calls = []
+    model.decoder.register_forward_hook(
+        lambda m, args, out: calls.append({"query": args[0], "attn_mask": args[7], "out": out})
+    )
+    return calls
+
+
+def test_hybrid_attn_mask_and_repeated_targets():
+    mask = build_hybrid_attn_mask(2, 3)
+    expected = torch.tensor(
+        [
+            [0, 0, 1, 1, 1],
+            [0, 0, 1, 1, 1],
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+            [1, 1, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(mask, expected)
+    targets = [
+        {"labels": torch.tensor([2, 0]), "boxes": torch.rand(2, 4)},
+        {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)},
+    ]
+    rep = repeat_targets(targets, 3)
+    assert rep[0]["labels"].tolist() == [2, 0, 2, 0, 2, 0]
+    assert torch.equal(rep[0]["boxes"][4:], targets[0]["boxes"])
+    assert rep[1]["labels"].shape == (0,) and rep[1]["boxes"].shape == (0, 4)
+
+
+def test_registered_and_query_counts():
+    assert META_ARCH_REGISTRY.get("HDETR") is HDETR
+    assert META_ARCH_REGISTRY.get("LiteHDETR") is LiteHDETR
+    model = build_tiny()
+    assert type(model) is HDETR and isinstance(model, DeformableDETR)
+    assert model.num_queries_one2one == 20 and model.num_queries_one2many == 40
+    assert model.train().num_queries == 60 and model.eval().num_queries == 20
+    lite = build_tiny("lite_h_detr_r50")
+    assert type(lite) is LiteHDETR and isinstance(lite.encoder, InterleavedEncoder)
+    assert lite.variant_tag.tags == {"encoder": "H3L1-(2+1)x1/key_aware", "decoder": "key_aware"}
+
+
+@pytest.mark.parametrize("name", ["h_detr_r50", "lite_h_detr_r50"])
+def test_one2many_branch_in_training_only(name, batch):
+    model = build_tiny(name)
+    calls = decoder_calls(model)
+
+    losses = model.train()(batch)
+    one2one = {b + s for b in BASE for s in ("", "_0", "_enc")}
+    one2many = {b + s for b in BASE for s in ("_one2many", "_0_one2many")}
+    assert set(losses) == one2one | one2many
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    train_call = calls[-1]
+    assert train_call["query"].shape == (2, 60, 64)
+    assert torch.equal(train_call["attn_mask"], build_hybrid_attn_mask(20, 40))
+
+    with torch.no_grad():
+        results = model.eval()(batch)
+    eval_call = calls[-1]
+    assert len(calls) == 2
+    # inference: only the one-to-one queries are selected and decoded, without a mask
+    assert eval_call["query"].shape == (2, 20, 64) and eval_call["attn_mask"] is None
+    assert [len(r["instances"]) for r in results] == [30, 30]
+    assert results[0]["instances"].image_size == (128, 192)
+
+    # the masked one-to-one group in training computes exactly what inference computes
+    for train_out, eval_out in zip(train_call["out"], eval_call["out"]):
+        torch.testing.assert_close(train_out[:, :, :20].detach(), eval_out, atol=1e-4, rtol=1e-4)
+
+
+def test_inference_is_deformable_detr(batch):
+    """At inference H-DETR is the Deformable DETR with the same weights: same detections."""
+    h_detr = build_tiny().eval()
+    deformable = build_tiny("deformable_detr_r50", seed=1).eval()
+    deformable.load_state_dict(h_detr.state_dict())  # same parameters, no one-to-many weights
+    with torch.no_grad():
+        ours, theirs = h_detr(batch), deformable(batch)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a["instances"].scores, b["instances"].scores)
+        torch.testing.assert_close(
+            a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor
+        )
+
+
+def test_one2many_loss_weight_and_images_without_objects(make_input):
+    batch = [make_input(64, 64, [[4, 4, 40, 40]], [2]), make_input(64, 80, [], [], seed=1)]
+    torch.manual_seed(0)
+    losses = build_tiny().train()(batch)
+    torch.manual_seed(0)
+    halved = build_tiny(overrides=["model.one2many_loss_weight=0.5"]).train()(batch)
+    for k, v in losses.items():
+        expected = v * 0.5 if k.endswith("_one2many") else v
+        torch.testing.assert_close(halved[k], expected)
+    empty = build_tiny().train()([make_input(64, 64, [], []), batch[1]])
+    assert set(empty) == set(losses) and empty["loss_bbox_one2many"].item() == 0.0
+
+
+def test_bad_config_raises_clear_errors(make_input):
+    with pytest.raises(ValueError, match="denoising"):
+        HDETR(denoising=torch.nn.Identity())
+    with pytest.raises(ValueError, match="num_queries_one2many"):
+        build_tiny(overrides=["model.num_queries_one2many=-1"])
+    with pytest.raises(ValueError, match="one2many_repeats"):
+        build_tiny(overrides=["model.one2many_repeats=0"])
+    # 20 + 40 queries need 60 encoder tokens: a 32x32 image has 16 + 4 + 1 + 1
+    with pytest.raises(ValueError, match="num_queries=60"):
+        build_tiny().train()([make_input(32, 32, [[1, 1, 20, 20]], [0])])
+
+
+def test_loss_falls(make_input):
+    torch.set_num_threads(2)
+    gt = [[[8, 10, 30, 34], [34, 30, 60, 58]], [[4, 6, 22, 22], [22, 24, 44, 46], [44, 6, 60, 28]]]
+    batch = [
+        make_input(64, 64, gt[0], [0, 2]),
+        make_input(64, 64, gt[1], [1, 3, 1], seed=1),
+    ]
+    for x, boxes in zip(batch, gt):  # bright boxes on a dark background: learnable in 20 steps
+        x["image"] //= 4
+        for x0, y0, x1, y1 in boxes:
+            x["image"][:, y0:y1, x0:x1] = 255
+    model = build_tiny(seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    history = []
+    for _ in range(20):
+        losses = model(batch)
+        history.append({k: v.item() for k, v in losses.items()})
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+    for one2many in (False, True):  # both groups learn
+        total = [
+            sum(v for k, v in h.items() if k.endswith("_one2many") == one2many) for h in history
+        ]
+        assert all(torch.isfinite(torch.tensor(total))), total
+        assert sum(total[-3:]) < 0.8 * sum(total[:3]), (one2many, total)

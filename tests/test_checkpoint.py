@@ -1,0 +1,99 @@
+import os
+import re
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from lite_detr.checkpoint import LiteDetrCheckpointer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL_CONFIG = os.path.join(ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py")
+
+# a small Lite-DINO: R18, width 32, one decoder layer (the variant logic does not depend on size)
+SMALL = [
+    "model.backbone.stages.depth=18",
+    "model.neck.input_shapes.res3.channels=128",
+    "model.neck.input_shapes.res4.channels=256",
+    "model.neck.input_shapes.res5.channels=512",
+    "model.embed_dim=32",
+    "model.neck.num_groups=8",
+    "model.position_embedding.num_pos_feats=16",
+    "model.encoder.feedforward_dim=32",
+    "model.encoder.low_feedforward_dim=32",
+    "model.decoder.num_layers=1",
+    "model.decoder.feedforward_dim=32",
+    "model.num_queries=10",
+    "model.num_classes=2",
+]
+
+
+def build(*overrides):
+    cfg = LazyConfig.apply_overrides(LazyConfig.load(MODEL_CONFIG), SMALL + list(overrides))
+    return instantiate(cfg.model)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """An H3L1-(2+1)x3 / KDA checkpoint written by the checkpointer."""
+    folder = str(tmp_path_factory.mktemp("ckpt"))
+    model = build()
+    LiteDetrCheckpointer(model, folder).save("model_h3l1")
+    return os.path.join(folder, "model_h3l1.pth"), model
+
+
+def test_same_variant_loads(saved):
+    path, original = saved
+    model = build()
+    LiteDetrCheckpointer(model).load(path)
+    for (name, a), b in zip(original.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize(
+    "overrides,ours,theirs",
+    [
+        (["model.encoder.num_high_levels=2"], "H2L2-(2+1)x3/key_aware", "H3L1-(2+1)x3/key_aware"),
+        (
+            ["model.encoder.num_high_updates=3", "model.encoder.num_blocks=2"],
+            "H3L1-(3+1)x2/key_aware",
+            "H3L1-(2+1)x3/key_aware",
+        ),
+        (
+            ["model.encoder.attention=deformable"],
+            "H3L1-(2+1)x3/deformable",
+            "H3L1-(2+1)x3/key_aware",
+        ),
+    ],
+)
+def test_checkpointer_refuses_another_variant(saved, overrides, ours, theirs):
+    path, _ = saved
+    model = build(*overrides)
+    message = f"checkpoint encoder variant '{theirs}' does not match the config's '{ours}'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LiteDetrCheckpointer(model).load(path)
+    # the plain PyTorch path fails as well instead of loading silently
+    state = torch.load(path, weights_only=False)["model"]
+    with pytest.raises(ValueError, match="does not match"):
+        model.load_state_dict(state, strict=False)
+
+
+def test_decoder_cross_attention_is_checked(saved):
+    path, _ = saved
+    model = build("model.decoder.cross_attention=deformable")
+    with pytest.raises(
+        ValueError,
+        match="decoder cross-attention 'key_aware' does not match the config's 'deformable'",
+    ):
+        LiteDetrCheckpointer(model).load(path)
+
+
+def test_untagged_checkpoint_loads(tmp_path):
+    """Backbone-only weights (ImageNet initialisation) carry no tag and load normally."""
+    model = build()
+    backbone = {"backbone." + k: v + 1 for k, v in model.backbone.state_dict().items()}
+    path = str(tmp_path / "backbone.pth")
+    torch.save({"model": backbone}, path)
+    LiteDetrCheckpointer(model).load(path)
+    key = next(k for k in backbone if k.endswith("conv1.weight"))
+    assert torch.equal(model.state_dict()[key], backbone[key])

@@ -1,0 +1,131 @@
+"""train_net.py end to end, and the compatibility of our ``train`` keys with detectron2's own
+``tools/lazyconfig_train_net.py`` (not in the pip package: its ``do_train`` runs inline here)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import instantiate
+from detectron2.engine import SimpleTrainer, default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset
+
+from lite_detr.data import register_shapes
+from lite_detr.engine import load_config
+
+ROOT = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 1)[0]
+SHAPES_CFG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
+# a small Lite-DINO (same structure) on 128 px images, fast enough for CPU tests
+TINY = [
+    "model.embed_dim=64",
+    "model.position_embedding.num_pos_feats=32",
+    "model.encoder.feedforward_dim=128",
+    "model.encoder.low_feedforward_dim=64",
+    "model.decoder.feedforward_dim=128",
+    "model.decoder.num_layers=2",
+    "model.num_queries=30",
+    "model.select_box_nums_for_evaluation=30",
+    "model.denoising.num_dn_queries=10",
+    "dataloader.train.mapper.augmentation.1.short_edge_length=[128]",
+    "dataloader.test.mapper.augmentation.0.short_edge_length=128",
+    "dataloader.train.num_workers=0",
+    "dataloader.test.num_workers=0",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("datasets")
+    register_shapes("tn_shapes", root=str(root), num_train=8, num_val=4, image_size=128)
+    return ["dataloader.train.dataset.names=tn_shapes_train", "dataloader.test.dataset.names=tn_shapes_val"]
+
+
+def test_lazyconfig_train_net_do_train_runs_our_config(tiny_data, tmp_path):
+    """detectron2's lazyconfig_train_net.do_train + do_test, line for line, on our config."""
+    cfg = load_config(
+        SHAPES_CFG, TINY + tiny_data + [f"train.output_dir={tmp_path}", "train.max_iter=2"]
+    )
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optim = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg.train.ddp)
+    assert not cfg.train.amp.enabled  # AMPTrainer asserts CUDA in detectron2 0.6
+    trainer = SimpleTrainer(model, train_loader, optim)
+    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
+
+    def do_test():
+        return inference_on_dataset(
+            model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+        )
+
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),
+            hooks.EvalHook(cfg.train.eval_period, do_test),
+            hooks.PeriodicWriter(
+                default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                period=cfg.train.log_period,
+            ),
+        ]
+    )
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=False)
+    trainer.train(0, cfg.train.max_iter)
+    assert os.path.isfile(os.path.join(tmp_path, "model_final.pth"))
+    assert "bbox/AP" in trainer.storage.latest()
+    # and its --eval-only path
+    model = create_ddp_model(instantiate(cfg.model).to(cfg.train.device))
+    DetectionCheckpointer(model).load(os.path.join(tmp_path, "model_final.pth"))
+    assert "AP" in do_test()["bbox"]
+
+
+def _train_net(*args, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train_net.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bad_input_gives_one_clear_message_and_keeps_output(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("precious\n")
+    (out / "config.yaml").write_text("precious\n")
+    cases = [
+        (["--config-file", "nope/config.py"], "nope/config.py' does not exist"),
+        (["--config-file", SHAPES_CFG, "train.max_iters=1"], "Unknown config key 'train.max_iters'"),
+        (["--config-file", SHAPES_CFG, "dataloader.train.dataset.names=coco_2042_train"], "not registered"),
+        (
+            ["--config-file", SHAPES_CFG, "--eval-only", f"train.init_checkpoint={tmp_path}/x.pth"],
+            "x.pth' does not exist",
+        ),
+    ]
+    for argv, message in cases:
+        res = _train_net(*argv, f"train.output_dir={out}")
+        assert res.returncode == 2, res.stderr[-2000:]
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith("train_net.py: error:") and message in last, last
+        assert "Traceback" not in res.stderr
+    assert (out / "metrics.json").read_text() == "precious\n"
+    assert (out / "config.yaml").read_text() == "precious\n"
+    assert sorted(os.listdir(out)) == ["config.yaml", "metrics.json"]
+
+
+def test_checkpoint_of_other_encoder_variant_is_refused(tiny_data, tmp_path):
+    from lite_detr.engine import ConfigError, do_eval_only
+
+    h2l2 = load_config(SHAPES_CFG, TINY + tiny_data + ["model.encoder.num_high_levels=2"])
+    ckpt = tmp_path / "h2l2.pth"
+    torch.save({"model": instantiate(h2l2.model).state_dict()}, ckpt)
+    cfg = load_config(SHAPES_CFG, TINY + tiny_data + [f"train.init_checkpoint={ckpt}"])
+    with pytest.raises(ConfigError, match="h2l2.pth"):
+        do_eval_only(cfg)

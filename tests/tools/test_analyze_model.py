@@ -1,0 +1,33 @@
+from detectron2.config import instantiate
+
+from lite_detr.data import sample_inputs
+from lite_detr.engine import load_config
+
+from .conftest import SHAPES_CFG, TINY, load_tool
+
+
+def test_flops_count_our_ops_and_report_encoder_row():
+    analyze_model = load_tool("analyze_model")
+    cfg = load_config(SHAPES_CFG, TINY)
+    model = instantiate(cfg.model).eval()
+    inputs = sample_inputs(cfg, 1, (128, 160))
+    with_ops = analyze_model.count_flops(model, inputs)
+    without = analyze_model.count_flops(model, inputs, with_lite_detr_ops=False)
+    # KDA runs in the encoder and the decoder: only the handles count it
+    assert with_ops["encoder"] > without["encoder"] > 0
+    assert with_ops["decoder"] > without["decoder"]
+    assert with_ops[""] > without[""]
+    for name in ("backbone", "neck", "encoder", "decoder"):
+        assert with_ops[name] > 0
+    # the total is the sum of its top-level modules plus the detector's own ops
+    assert with_ops[""] >= sum(v for k, v in with_ops.items() if k)
+    table = analyze_model.flop_table(model, with_ops)
+    assert "| encoder" in table and "| total" in table
+
+
+def test_analyze_tasks_and_dataset_fallback(tools_data):
+    analyze_model = load_tool("analyze_model")
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    ret = analyze_model.analyze(cfg, ["flop", "parameter"], input_size=(96, 96))
+    assert ret["flops"]["encoder"] > 0
+    assert ret["params"][""] == sum(p.numel() for p in instantiate(cfg.model).parameters())

@@ -1,0 +1,63 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import instantiate
+from PIL import Image
+
+from lite_detr.engine import ConfigError, load_config
+
+from .conftest import SHAPES_CFG, TINY, load_tool
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory, tools_data):
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    path = tmp_path_factory.mktemp("w") / "model.pth"
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(cfg.model).state_dict()}, path)
+    return str(path)
+
+
+def test_demo_writes_png_and_json(tmp_path, weights, tools_data):
+    demo = load_tool("demo")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(folder / name)
+    out = tmp_path / "out"
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    # threshold 0: an untrained model still reports its top detections
+    results = demo.run(cfg, weights, [str(folder)], str(out), threshold=0.0)
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "results.json"]
+    with Image.open(out / "a.png") as im:
+        assert im.size == (120, 90)
+    with open(out / "results.json") as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(results))
+    det = saved[0]["instances"]
+    assert len(det) == 30  # select_box_nums_for_evaluation
+    assert det[0]["category"] in ("circle", "rectangle", "triangle", "star")
+    x0, y0, x1, y1 = det[0]["bbox_xyxy"]
+    assert 0 <= x0 <= x1 <= 120 and 0 <= y0 <= y1 <= 90  # boxes in input pixels
+    none = demo.run(cfg, weights, [str(folder / "a.jpg")], str(tmp_path / "o2"), threshold=1.01)
+    assert none[0]["instances"] == []
+
+
+def test_demo_bad_inputs(tmp_path, weights, tools_data, capsys):
+    demo = load_tool("demo")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00garbage")
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    with pytest.raises(ConfigError, match="bad.jpg"):
+        demo.run(cfg, weights, [str(bad)], str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="missing.jpg.*does not exist"):
+        demo.run(cfg, weights, [str(tmp_path / "missing.jpg")], str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as e:
+        demo.main(["--config-file", SHAPES_CFG, "--weights", str(tmp_path / "no.pth"),
+                   "--input", str(bad), "--output", str(tmp_path / "o")] + TINY + tools_data)
+    assert e.value.code == 2
+    assert "no.pth" in capsys.readouterr().err

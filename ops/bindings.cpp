@@ -3,7 +3,7 @@
 #include <Python.h>
 
 static struct PyModuleDef lite_detr_c_module = {
-    PyModuleDef_HEAD_INIT, "_C",
-    "Compiled ops of lite_detr, registered as torch.ops.lite_detr.*", -1, nullptr};
+    PyModuleDef_HEAD_INIT, "_C", "Compiled ops of lite_detr, registered as torch.ops.lite_detr.*",
+    -1, nullptr};
 
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&lite_detr_c_module); }

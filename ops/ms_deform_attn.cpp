@@ -21,8 +21,8 @@ std::string shape_str(const at::Tensor& t) {
 // Checks `t` against `expected` sizes (-1: any), value's dtype and device, and contiguity.
 void check_float(const char* op, const char* name, const char* layout, const at::Tensor& t,
                  const std::vector<int64_t>& expected, const at::Tensor& value) {
-  TORCH_CHECK(t.dim() == static_cast<int64_t>(expected.size()), op, ": ", name, " must be ",
-              layout, ", got shape ", shape_str(t));
+  TORCH_CHECK(t.dim() == static_cast<int64_t>(expected.size()), op, ": ", name, " must be ", layout,
+              ", got shape ", shape_str(t));
   for (size_t i = 0; i < expected.size(); ++i) {
     TORCH_CHECK(expected[i] < 0 || t.size(i) == expected[i], op, ": ", name, " must be ", layout,
                 ", got shape ", shape_str(t), " with value of shape ", shape_str(value));
@@ -42,15 +42,15 @@ void check_inputs(const char* op, const at::Tensor& value, const at::Tensor& spa
                   const std::optional<at::Tensor>& query, const std::optional<at::Tensor>& key) {
   TORCH_CHECK(value.dim() == 4, op, ": value must be (N, S, M, D), got shape ", shape_str(value));
   const auto dtype = value.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                  dtype == at::kBFloat16,
-              op, ": value must be float16, bfloat16, float32 or float64, got ", dtype);
+  TORCH_CHECK(
+      dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
+      op, ": value must be float16, bfloat16, float32 or float64, got ", dtype);
   TORCH_CHECK(value.is_contiguous(), op, ": value must be contiguous");
   const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
 
-  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 && spatial_shapes.size(0) > 0,
-              op, ": spatial_shapes must be (L, 2) with L >= 1, got shape ",
-              shape_str(spatial_shapes));
+  TORCH_CHECK(
+      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 && spatial_shapes.size(0) > 0, op,
+      ": spatial_shapes must be (L, 2) with L >= 1, got shape ", shape_str(spatial_shapes));
   const int64_t L = spatial_shapes.size(0);
   TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == L, op,
               ": level_start_index must be (L,) with L = ", L, ", got shape ",

@@ -40,7 +40,10 @@ TINY = [
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     register_shapes("tn_shapes", root=str(root), num_train=8, num_val=4, image_size=128)
-    return ["dataloader.train.dataset.names=tn_shapes_train", "dataloader.test.dataset.names=tn_shapes_val"]
+    return [
+        "dataloader.train.dataset.names=tn_shapes_train",
+        "dataloader.test.dataset.names=tn_shapes_val",
+    ]
 
 
 def test_lazyconfig_train_net_do_train_runs_our_config(tiny_data, tmp_path):
@@ -56,7 +59,9 @@ def test_lazyconfig_train_net_do_train_runs_our_config(tiny_data, tmp_path):
     model = create_ddp_model(model, **cfg.train.ddp)
     assert not cfg.train.amp.enabled  # AMPTrainer asserts CUDA in detectron2 0.6
     trainer = SimpleTrainer(model, train_loader, optim)
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
+    checkpointer = DetectionCheckpointer(
+        model, cfg.train.output_dir, optimizer=optim, trainer=trainer
+    )
 
     def do_test():
         return inference_on_dataset(
@@ -102,8 +107,14 @@ def test_bad_input_gives_one_clear_message_and_keeps_output(tmp_path):
     (out / "config.yaml").write_text("precious\n")
     cases = [
         (["--config-file", "nope/config.py"], "nope/config.py' does not exist"),
-        (["--config-file", SHAPES_CFG, "train.max_iters=1"], "Unknown config key 'train.max_iters'"),
-        (["--config-file", SHAPES_CFG, "dataloader.train.dataset.names=coco_2042_train"], "not registered"),
+        (
+            ["--config-file", SHAPES_CFG, "train.max_iters=1"],
+            "Unknown config key 'train.max_iters'",
+        ),
+        (
+            ["--config-file", SHAPES_CFG, "dataloader.train.dataset.names=coco_2042_train"],
+            "not registered",
+        ),
         (
             ["--config-file", SHAPES_CFG, "--eval-only", f"train.init_checkpoint={tmp_path}/x.pth"],
             "x.pth' does not exist",

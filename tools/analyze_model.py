@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections import defaultdict
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,7 +66,9 @@ def flop_table(model: torch.nn.Module, flops: Dict[str, float]) -> str:
         if name == "":
             continue
         share = 100.0 * value / total if total else 0.0
-        rows.append([name, f"{value / 1e9:.3f}", f"{share:.1f}%", f"{params.get(name, 0) / 1e6:.2f}"])
+        rows.append(
+            [name, f"{value / 1e9:.3f}", f"{share:.1f}%", f"{params.get(name, 0) / 1e6:.2f}"]
+        )
     rows.append(["total", f"{total / 1e9:.3f}", "100.0%", f"{params[''] / 1e6:.2f}"])
     return tabulate(rows, headers=["module", "GFLOPs", "share", "params (M)"], tablefmt="pipe")
 
@@ -74,7 +76,7 @@ def flop_table(model: torch.nn.Module, flops: Dict[str, float]) -> str:
 def analyze(
     cfg,
     tasks: Sequence[str] = ("flop", "parameter"),
-    input_size: Optional[Sequence[int]] = None,
+    input_size: Sequence[int] | None = None,
     num_inputs: int = 1,
 ) -> Dict:
     """Run the tasks; return ``{"flops": {module: flops}, "params": {module: count}}``."""
@@ -104,7 +106,10 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(
-        "--tasks", nargs="+", default=["flop", "parameter"], choices=["flop", "parameter", "structure"]
+        "--tasks",
+        nargs="+",
+        default=["flop", "parameter"],
+        choices=["flop", "parameter", "structure"],
     )
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
     parser.add_argument("--num-inputs", type=int, default=1, help="images to average FLOPs over")

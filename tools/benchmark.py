@@ -17,7 +17,7 @@ import os
 import resource
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -77,7 +77,7 @@ def _fake_instances(h: int, w: int, num: int = 5) -> Instances:
 def benchmark(
     cfg,
     tasks: Sequence[str] = ("inference",),
-    input_size: Optional[Sequence[int]] = None,
+    input_size: Sequence[int] | None = None,
     device: str = "cpu",
     warmup: int = 3,
     iters: int = 10,
@@ -136,7 +136,9 @@ def benchmark(
         for _ in range(warmup):
             next(loader)
         t = time.perf_counter()
-        images = sum(len(b) for b in tqdm(itertools.islice(loader, iters), desc="data", total=iters))
+        images = sum(
+            len(b) for b in tqdm(itertools.islice(loader, iters), desc="data", total=iters)
+        )
         dt = time.perf_counter() - t
         ret["data"] = {"images_per_s": images / dt, "batches": iters}
         logger.info(f"data loader: {images / dt:.1f} images/s over {iters} batches")

@@ -77,10 +77,19 @@ def _filter(instances, threshold: float):
 def _to_json(instances, class_names: List[str]) -> List[Dict]:
     out = []
     for box, score, cls in zip(
-        instances.pred_boxes.tensor.tolist(), instances.scores.tolist(), instances.pred_classes.tolist()
+        instances.pred_boxes.tensor.tolist(),
+        instances.scores.tolist(),
+        instances.pred_classes.tolist(),
     ):
         name = class_names[cls] if cls < len(class_names) else str(cls)
-        out.append({"bbox_xyxy": [round(v, 2) for v in box], "score": round(score, 4), "category_id": cls, "category": name})
+        out.append(
+            {
+                "bbox_xyxy": [round(v, 2) for v in box],
+                "score": round(score, 4),
+                "category_id": cls,
+                "category": name,
+            }
+        )
     return out
 
 
@@ -100,7 +109,9 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
     for path in inputs:
         if os.path.isdir(path):
             found = sorted(
-                os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS)
+                os.path.join(path, f)
+                for f in os.listdir(path)
+                if f.lower().endswith(IMAGE_EXTS + VIDEO_EXTS)
             )
             if not found:
                 raise ConfigError(f"Folder {path!r} has no image or video files.")
@@ -108,7 +119,9 @@ def _expand_inputs(inputs: List[str]) -> List[str]:
         elif os.path.isfile(path):
             files.append(path)
         else:
-            raise ConfigError(f"Input {path!r} does not exist: pass image files, folders or videos.")
+            raise ConfigError(
+                f"Input {path!r} does not exist: pass image files, folders or videos."
+            )
     return files
 
 
@@ -160,7 +173,9 @@ def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.
         vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst)
         out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
         vis.save(out_path)
-        results.append({"file_name": path, "output": out_path, "instances": _to_json(inst, class_names)})
+        results.append(
+            {"file_name": path, "output": out_path, "instances": _to_json(inst, class_names)}
+        )
         logger.info(f"{path}: {len(inst)} detections >= {threshold} -> {out_path}")
     with open(os.path.join(output, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -187,7 +202,13 @@ def main(argv=None):
             cfg.train.device = "cpu"  # inference runs anywhere; training configs default to cuda
         import lite_detr.data  # noqa: F401  (registers the shapes metadata)
 
-        return run(cfg, args.weights or cfg.train.init_checkpoint, args.input, args.output, args.confidence_threshold)
+        return run(
+            cfg,
+            args.weights or cfg.train.init_checkpoint,
+            args.input,
+            args.output,
+            args.confidence_threshold,
+        )
     except ConfigError as e:
         print(f"demo.py: error: {e}", file=sys.stderr)
         sys.exit(2)

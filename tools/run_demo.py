@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,7 +37,7 @@ from lite_detr.engine import ConfigError, load_config  # noqa: E402
 logger = logging.getLogger("lite_detr.run_demo")
 
 DEFAULT_CONFIG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
-DEFAULT_SPLIT = dict(num_train=2000, num_val=200, image_size=320)
+DEFAULT_SPLIT = {"num_train": 2000, "num_val": 200, "image_size": 320}
 
 
 def _load_train_net():
@@ -47,9 +47,7 @@ def _load_train_net():
     return module
 
 
-def prepare_data(
-    num_train: int, num_val: int, image_size: int, root: Optional[str] = None
-) -> str:
+def prepare_data(num_train: int, num_val: int, image_size: int, root: str | None = None) -> str:
     """Register (non-default sizes or root) and generate/validate the dataset; return its name."""
     import lite_detr.data  # noqa: F401  (registers the default shapes_train / shapes_val)
 
@@ -69,13 +67,15 @@ def prepare_data(
 
 def _overrides(args, dataset: str) -> List[str]:
     s = args.image_size
-    train_sizes = sorted({int(round(s * f / 32)) * 32 for f in (0.8, 0.9)} | {s})
+    train_sizes = ",".join(
+        map(str, sorted({int(round(s * f / 32)) * 32 for f in (0.8, 0.9)} | {s}))
+    )
     opts = [
         f"train.output_dir={args.output_dir}",
         "train.device=cpu",
         f"dataloader.train.dataset.names={dataset}_train",
         f"dataloader.test.dataset.names={dataset}_val",
-        f"dataloader.train.mapper.augmentation.1.short_edge_length=[{','.join(map(str, train_sizes))}]",
+        f"dataloader.train.mapper.augmentation.1.short_edge_length=[{train_sizes}]",
         f"dataloader.test.mapper.augmentation.0.short_edge_length={s}",
     ]
     if args.max_iter is not None:
@@ -155,7 +155,10 @@ def run(args) -> Dict:
     results_file = os.path.join(args.output_dir, "inference", "eval_results.json")
     done = False
     if os.path.isfile(final) and os.path.isfile(results_file):
-        done = torch.load(final, map_location="cpu", weights_only=False).get("iteration") == max_iter - 1
+        done = (
+            torch.load(final, map_location="cpu", weights_only=False).get("iteration")
+            == max_iter - 1
+        )
     train_time = None
     if done:
         logger.info(f"{final} is trained to {max_iter} iterations: reusing it and its evaluation.")
@@ -172,12 +175,21 @@ def run(args) -> Dict:
     with open(results_file) as f:
         results = json.load(f)
 
-    curves = plot_curves(_read_metrics(args.output_dir), os.path.join(args.output_dir, "curves.png"))
+    curves = plot_curves(
+        _read_metrics(args.output_dir), os.path.join(args.output_dir, "curves.png")
+    )
     vis = draw_predictions(
-        cfg, final, dataset, os.path.join(args.output_dir, "vis"), args.num_vis, args.score_threshold
+        cfg,
+        final,
+        dataset,
+        os.path.join(args.output_dir, "vis"),
+        args.num_vis,
+        args.score_threshold,
     )
     bbox = results.get("bbox", {})
-    table = create_small_table({k: bbox[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if k in bbox})
+    table = create_small_table(
+        {k: bbox[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if k in bbox}
+    )
     print(f"\nLite-DINO R18 on {dataset}_val after {max_iter} iterations (bbox, COCO metrics):")
     print(table)
     if train_time is not None:

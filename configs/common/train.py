@@ -4,20 +4,20 @@ Keys beyond detectron2's own (``clip_grad``, ``model_ema``, ``amp.dtype``) are r
 ``train_net.py``; detectron2's script ignores them.
 """
 
-train = dict(
-    output_dir="./output",
-    init_checkpoint="",
-    max_iter=90000,
-    amp=dict(enabled=False, dtype="float16"),  # dtype: "float16" or "bfloat16"
-    ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
-    checkpointer=dict(period=5000, max_to_keep=100),
-    eval_period=5000,
-    log_period=20,
-    device="cuda",
+train = {
+    "output_dir": "./output",
+    "init_checkpoint": "",
+    "max_iter": 90000,
+    "amp": {"enabled": False, "dtype": "float16"},  # dtype: "float16" or "bfloat16"
+    "ddp": {"broadcast_buffers": False, "find_unused_parameters": False, "fp16_compression": False},
+    "checkpointer": {"period": 5000, "max_to_keep": 100},
+    "eval_period": 5000,
+    "log_period": 20,
+    "device": "cuda",
     # gradient clipping on the total L2 norm (DETR recipe), applied after AMP unscaling
-    clip_grad=dict(enabled=True, params=dict(max_norm=0.1, norm_type=2)),
+    "clip_grad": {"enabled": True, "params": {"max_norm": 0.1, "norm_type": 2}},
     # exponential moving average of the weights, kept in checkpoints; when enabled, periodic
     # evaluation and --eval-only use the EMA weights
-    model_ema=dict(enabled=False, decay=0.9998),
-    seed=-1,
-)
+    "model_ema": {"enabled": False, "decay": 0.9998},
+    "seed": -1,
+}

@@ -6,7 +6,6 @@ first use, under ``$DETECTRON2_DATASETS/shapes``).
 
 from .dataset_mapper import DetrDatasetMapper, build_detr_augmentation
 from .datasets.coco_json import load_coco_detection_json
-from .sample_inputs import sample_inputs
 from .datasets.shapes import (
     SHAPES_CLASSES,
     ensure_shapes_dataset,
@@ -14,6 +13,7 @@ from .datasets.shapes import (
     register_shapes,
     shapes_dataset_dir,
 )
+from .sample_inputs import sample_inputs
 
 __all__ = [
     "DetrDatasetMapper",

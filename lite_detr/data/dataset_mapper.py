@@ -2,7 +2,7 @@
 
 import copy
 import logging
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class DetrDatasetMapper:
         *,
         is_train: bool = True,
         augmentation: List[T.Augmentation],
-        augmentation_with_crop: Optional[List[T.Augmentation]] = None,
+        augmentation_with_crop: List[T.Augmentation] | None = None,
         image_format: str = "RGB",
         crop_prob: float = 0.5,
     ):
@@ -74,7 +74,9 @@ class DetrDatasetMapper:
             crop_prob (float): probability of using ``augmentation_with_crop``.
         """
         if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"DetrDatasetMapper: image_format must be 'RGB' or 'BGR', got {image_format!r}")
+            raise ValueError(
+                f"DetrDatasetMapper: image_format must be 'RGB' or 'BGR', got {image_format!r}"
+            )
         self.is_train = is_train
         self.augmentation = T.AugmentationList(list(augmentation))
         self.augmentation_with_crop = (
@@ -91,14 +93,14 @@ class DetrDatasetMapper:
     def from_config(cls, cfg, is_train: bool = True):
         """Build from a yacs config (``INPUT.*``), as detectron2's ``DatasetMapper`` does."""
         if is_train:
-            augmentation = build_detr_augmentation(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN)
+            augmentation = build_detr_augmentation(
+                cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
+            )
             with_crop = build_detr_augmentation(
                 cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, with_crop=True
             )
         else:
-            augmentation = [
-                T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-            ]
+            augmentation = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
             with_crop = None
         return {
             "is_train": is_train,

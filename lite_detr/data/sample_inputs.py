@@ -3,7 +3,7 @@
 import itertools
 import logging
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -30,7 +30,7 @@ def _dataset_available(cfg) -> bool:
 
 
 def sample_inputs(
-    cfg, num: int = 1, input_size: Optional[Sequence[int]] = None, seed: int = 0
+    cfg, num: int = 1, input_size: Sequence[int] | None = None, seed: int = 0
 ) -> List[Dict]:
     """
     Args:
@@ -58,6 +58,10 @@ def sample_inputs(
     h, w = int(input_size[0]), int(input_size[1])
     g = torch.Generator().manual_seed(seed)
     return [
-        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g), "height": h, "width": w}
+        {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "height": h,
+            "width": w,
+        }
         for _ in range(num)
     ]

@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import os
-from typing import List, Optional
+from typing import List
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -42,7 +42,7 @@ class ConfigError(RuntimeError):
     """Bad user input (config, override, dataset, checkpoint): the message says what to fix."""
 
 
-def load_config(config_file: str, overrides: Optional[List[str]] = None) -> DictConfig:
+def load_config(config_file: str, overrides: List[str] | None = None) -> DictConfig:
     """
     Load a LazyConfig file and apply ``key=value`` overrides, rejecting unknown keys.
 
@@ -128,8 +128,9 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     cannot run: unknown device, CUDA requested without a GPU, unregistered dataset, missing
     checkpoint file, bad AMP dtype.
     """
-    import lite_detr.data  # noqa: F401  (registers shapes_train / shapes_val)
     from detectron2.data import DatasetCatalog
+
+    import lite_detr.data  # noqa: F401  (registers shapes_train / shapes_val)
 
     for key in ("model", "train", "dataloader"):
         if key not in cfg:
@@ -201,9 +202,7 @@ def do_test(cfg: DictConfig, model: torch.nn.Module):
         evaluator_cfg = OmegaConf.merge(  # keep evaluator dumps next to the run's other outputs
             evaluator_cfg, {"output_dir": os.path.join(cfg.train.output_dir, "inference")}
         )
-    ret = inference_on_dataset(
-        model, instantiate(cfg.dataloader.test), instantiate(evaluator_cfg)
-    )
+    ret = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(evaluator_cfg))
     if comm.is_main_process() and ret:
         print_csv_format(ret)
         out = os.path.join(cfg.train.output_dir, "inference")
@@ -241,7 +240,7 @@ def do_train(args, cfg: DictConfig):
         the trainer, after training (its ``storage`` holds the last metrics).
     """
     model = instantiate(cfg.model)
-    logger.info("Model:\n{}".format(model))
+    logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
@@ -262,9 +261,7 @@ def do_train(args, cfg: DictConfig):
     )
     ema_cfg = cfg.train.get("model_ema", {})
     ema_hook = EMAHook(model, ema_cfg.get("decay", 0.9998)) if ema_cfg.get("enabled") else None
-    checkpointer = build_checkpointer(
-        model, cfg.train.output_dir, optimizer=optim, trainer=trainer
-    )
+    checkpointer = build_checkpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
 
     def _eval():
         if ema_hook is not None:
@@ -277,16 +274,20 @@ def do_train(args, cfg: DictConfig):
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema_hook,  # before the checkpointer and eval, so both see this step's average
-            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-            if comm.is_main_process()
-            else None,
+            (
+                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+                if comm.is_main_process()
+                else None
+            ),
             hooks.EvalHook(cfg.train.eval_period, _eval),
-            hooks.PeriodicWriter(
-                default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                period=cfg.train.log_period,
-            )
-            if comm.is_main_process()
-            else None,
+            (
+                hooks.PeriodicWriter(
+                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                    period=cfg.train.log_period,
+                )
+                if comm.is_main_process()
+                else None
+            ),
         ]
     )
 

@@ -2,7 +2,7 @@
 
 import logging
 import time
-from typing import Dict, Optional
+from typing import Dict
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -35,7 +35,7 @@ class LiteDetrTrainer(SimpleTrainer):
         *,
         amp_enabled: bool = False,
         amp_dtype: str = "float16",
-        clip_grad_params: Optional[Dict] = None,
+        clip_grad_params: Dict | None = None,
         device_type: str = "cpu",
     ):
         """
@@ -91,7 +91,9 @@ class LiteDetrTrainer(SimpleTrainer):
         if self.clip_grad_params is not None:
             if self.grad_scaler is not None:
                 self.grad_scaler.unscale_(self.optimizer)  # clip true gradients, not scaled ones
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            params = [
+                p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None
+            ]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, **self.clip_grad_params)
             self.storage.put_scalar("grad_norm", float(grad_norm), smoothing_hint=True)
 

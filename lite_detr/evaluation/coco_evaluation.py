@@ -1,7 +1,6 @@
 """COCO evaluation that works with or without detectron2's compiled COCOeval."""
 
 import logging
-from typing import Optional
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
@@ -35,9 +34,9 @@ class COCOEvaluator(_D2COCOEvaluator):
         dataset_name: str,
         tasks=("bbox",),
         distributed: bool = True,
-        output_dir: Optional[str] = None,
+        output_dir: str | None = None,
         *,
-        use_fast_impl: Optional[bool] = None,
+        use_fast_impl: bool | None = None,
         **kwargs,
     ):
         """

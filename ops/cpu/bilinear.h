@@ -134,5 +134,27 @@ inline acc_t dot(const a_t* __restrict__ a, const acc_t* __restrict__ b, int64_t
          tail;
 }
 
+// grad[d] += alpha * g[d], returning sum_d v[d] * g[d]: the two uses of a corner in a backward,
+// in one pass (partial sums as in dot()).
+template <typename acc_t, typename v_t>
+inline acc_t dot_axpy(const v_t* __restrict__ v, acc_t* __restrict__ grad,
+                      const acc_t* __restrict__ g, acc_t alpha, int64_t D) {
+  acc_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t d = 0;
+  for (; d + 8 <= D; d += 8) {
+    for (int k = 0; k < 8; ++k) {
+      part[k] += static_cast<acc_t>(v[d + k]) * g[d + k];
+      grad[d + k] += alpha * g[d + k];
+    }
+  }
+  acc_t tail = 0;
+  for (; d < D; ++d) {
+    tail += static_cast<acc_t>(v[d]) * g[d];
+    grad[d] += alpha * g[d];
+  }
+  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) +
+         tail;
+}
+
 }  // namespace cpu
 }  // namespace lite_detr

@@ -22,11 +22,12 @@ namespace lite_detr {
 namespace {
 
 using cpu::axpy;
-using cpu::BilinearPoint;
 using cpu::bilinear_setup;
+using cpu::BilinearPoint;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dot;
+using cpu::dot_axpy;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
 
@@ -80,8 +81,8 @@ template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes,
                      const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
                      at::opmath_type<scalar_t>* grad_value, scalar_t* grad_loc,
-                     scalar_t* grad_weights, int64_t N, int64_t S, int64_t M, int64_t D,
-                     int64_t Lq, int64_t L, int64_t P) {
+                     scalar_t* grad_weights, int64_t N, int64_t S, int64_t M, int64_t D, int64_t Lq,
+                     int64_t L, int64_t P) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = M * D;
   at::parallel_for(0, N * M, 1, [&](int64_t begin, int64_t end) {
@@ -102,8 +103,8 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
           const int64_t offset = ((n * S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W,
-                                             points[j]);
+            valid[j] =
+                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, points[j]);
             if (valid[j]) {
               prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
             }
@@ -125,11 +126,10 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
                 continue;
               }
               const int64_t t = offset + b.token[c] * row;
-              const acc_t g_dot_v = dot(value + t, g.data(), D);
+              const acc_t g_dot_v = dot_axpy(value + t, grad_value + t, g.data(), a * b.w[c], D);
               g_weight += b.w[c] * g_dot_v;
               g_x += b.dw_dx[c] * g_dot_v;
               g_y += b.dw_dy[c] * g_dot_v;
-              axpy(grad_value + t, g.data(), a * b.w[c], D);
             }
             grad_weights[i] = static_cast<scalar_t>(g_weight);
             grad_loc[2 * i] = static_cast<scalar_t>(a * g_x * static_cast<acc_t>(W));
@@ -153,12 +153,11 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   const int64_t P = sampling_locations.size(4);
   auto out = at::empty({N, Lq, M * D}, value.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kForward, [&] {
-    forward_kernel<scalar_t>(value.const_data_ptr<scalar_t>(),
-                             spatial_shapes.const_data_ptr<int64_t>(),
-                             level_start_index.const_data_ptr<int64_t>(),
-                             sampling_locations.const_data_ptr<scalar_t>(),
-                             attention_weights.const_data_ptr<scalar_t>(),
-                             out.mutable_data_ptr<scalar_t>(), N, S, M, D, Lq, L, P);
+    forward_kernel<scalar_t>(
+        value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
+        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
+        attention_weights.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, S, M, D,
+        Lq, L, P);
   });
   return out;
 }

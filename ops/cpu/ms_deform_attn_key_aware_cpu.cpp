@@ -31,11 +31,12 @@ namespace lite_detr {
 namespace {
 
 using cpu::axpy;
-using cpu::BilinearPoint;
 using cpu::bilinear_setup;
+using cpu::BilinearPoint;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dot;
+using cpu::dot_axpy;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
 
@@ -158,8 +159,8 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
           const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W,
-                                             points[j]);
+            valid[j] =
+                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, points[j]);
             if (valid[j]) {
               prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
               if (key) {
@@ -215,11 +216,10 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
                   continue;
                 }
                 const int64_t t = offset + b.token[c] * row;
-                const acc_t dv = dot(value + t, grad_vj.data(), D) + dot(key + t, grad_kj.data(), D);
+                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D) +
+                                 dot_axpy(key + t, grad_key + t, grad_kj.data(), b.w[c], D);
                 g_x += b.dw_dx[c] * dv;
                 g_y += b.dw_dy[c] * dv;
-                axpy(grad_value + t, grad_vj.data(), b.w[c], D);
-                axpy(grad_key + t, grad_kj.data(), b.w[c], D);
               }
             } else {
               axpy(grad_q.data(), v.data() + j * D, ds, D);
@@ -232,10 +232,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
                   continue;
                 }
                 const int64_t t = offset + b.token[c] * row;
-                const acc_t dv = dot(value + t, grad_vj.data(), D);
+                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D);
                 g_x += b.dw_dx[c] * dv;
                 g_y += b.dw_dy[c] * dv;
-                axpy(grad_value + t, grad_vj.data(), b.w[c], D);
               }
             }
             grad_loc[2 * i] = static_cast<scalar_t>(g_x * static_cast<acc_t>(W));
@@ -266,8 +265,8 @@ std::tuple<at::Tensor, at::Tensor> key_aware_cpu(const at::Tensor& query, const 
                                                  const at::Tensor& spatial_shapes,
                                                  const at::Tensor& level_start_index,
                                                  const at::Tensor& sampling_locations) {
-  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations,
-               std::nullopt, query, key);
+  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations, std::nullopt,
+               query, key);
   check_levels_host(kForward, value, spatial_shapes, level_start_index);
   const Sizes s = sizes_of(value, spatial_shapes, sampling_locations);
   auto out = at::empty({s.N, s.Lq, s.M * s.D}, value.options());

@@ -19,8 +19,8 @@
 namespace lite_detr {
 namespace {
 
-using cuda::BilinearPoint;
 using cuda::bilinear_setup;
+using cuda::BilinearPoint;
 using cuda::kThreadsPerBlock;
 using cuda::kWarpSize;
 using cuda::warp_sum;
@@ -74,15 +74,12 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
 }
 
 template <typename scalar_t>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
-                                const scalar_t* __restrict__ value,
-                                const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts,
-                                const scalar_t* __restrict__ locations,
-                                const scalar_t* __restrict__ weights,
-                                at::opmath_type<scalar_t>* __restrict__ grad_value,
-                                scalar_t* __restrict__ grad_loc,
-                                scalar_t* __restrict__ grad_weights, Sizes s) {
+__global__ void backward_kernel(
+    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ value,
+    const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
+    const scalar_t* __restrict__ locations, const scalar_t* __restrict__ weights,
+    at::opmath_type<scalar_t>* __restrict__ grad_value, scalar_t* __restrict__ grad_loc,
+    scalar_t* __restrict__ grad_weights, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t qm = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   if (qm >= s.N * s.Lq * s.M) {
@@ -180,7 +177,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cuda(
   const c10::cuda::CUDAGuard guard(value.device());
   const Sizes s = sizes_of(value, spatial_shapes, sampling_locations);
   // atomics accumulate in float (double for float64), then round once
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(attn_dtype(value.scalar_type())));
+  auto grad_value =
+      at::zeros(value.sizes(), value.options().dtype(attn_dtype(value.scalar_type())));
   auto grad_loc = at::zeros_like(sampling_locations);
   auto grad_weights = at::zeros_like(attention_weights);
   const int64_t blocks = check_grid(kBackward, s);

@@ -25,8 +25,8 @@
 namespace lite_detr {
 namespace {
 
-using cuda::BilinearPoint;
 using cuda::bilinear_setup;
+using cuda::BilinearPoint;
 using cuda::exp_;
 using cuda::kThreadsPerBlock;
 using cuda::kWarpSize;
@@ -67,13 +67,11 @@ __device__ __forceinline__ void gather(const scalar_t* __restrict__ src, int64_t
 
 template <typename scalar_t, int VPT>
 __global__ void forward_kernel(const scalar_t* __restrict__ query,
-                               const scalar_t* __restrict__ value,
-                               const scalar_t* __restrict__ key,
+                               const scalar_t* __restrict__ value, const scalar_t* __restrict__ key,
                                const int64_t* __restrict__ shapes,
                                const int64_t* __restrict__ starts,
-                               const scalar_t* __restrict__ locations,
-                               scalar_t* __restrict__ out, at::opmath_type<scalar_t>* attn,
-                               Sizes s) {
+                               const scalar_t* __restrict__ locations, scalar_t* __restrict__ out,
+                               at::opmath_type<scalar_t>* attn, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t qm = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   if (qm >= s.N * s.Lq * s.M) {
@@ -141,18 +139,13 @@ __global__ void forward_kernel(const scalar_t* __restrict__ query,
 }
 
 template <typename scalar_t, int VPT>
-__global__ void backward_kernel(const scalar_t* __restrict__ grad_out,
-                                const scalar_t* __restrict__ query,
-                                const scalar_t* __restrict__ value,
-                                const scalar_t* __restrict__ key,
-                                const int64_t* __restrict__ shapes,
-                                const int64_t* __restrict__ starts,
-                                const scalar_t* __restrict__ locations,
-                                const at::opmath_type<scalar_t>* __restrict__ attn,
-                                scalar_t* __restrict__ grad_query,
-                                at::opmath_type<scalar_t>* __restrict__ grad_value,
-                                at::opmath_type<scalar_t>* __restrict__ grad_key,
-                                scalar_t* __restrict__ grad_loc, Sizes s) {
+__global__ void backward_kernel(
+    const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ query,
+    const scalar_t* __restrict__ value, const scalar_t* __restrict__ key,
+    const int64_t* __restrict__ shapes, const int64_t* __restrict__ starts,
+    const scalar_t* __restrict__ locations, const at::opmath_type<scalar_t>* __restrict__ attn,
+    scalar_t* __restrict__ grad_query, at::opmath_type<scalar_t>* __restrict__ grad_value,
+    at::opmath_type<scalar_t>* __restrict__ grad_key, scalar_t* __restrict__ grad_loc, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t qm = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
   if (qm >= s.N * s.Lq * s.M) {
@@ -300,8 +293,8 @@ std::tuple<at::Tensor, at::Tensor> key_aware_cuda(const at::Tensor& query, const
                                                   const at::Tensor& spatial_shapes,
                                                   const at::Tensor& level_start_index,
                                                   const at::Tensor& sampling_locations) {
-  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations,
-               std::nullopt, query, key);
+  check_inputs(kForward, value, spatial_shapes, level_start_index, sampling_locations, std::nullopt,
+               query, key);
   const c10::cuda::CUDAGuard guard(value.device());
   const Sizes s = sizes_of(value, spatial_shapes, sampling_locations);
   const int64_t blocks = check_sizes(kForward, s);
@@ -317,8 +310,8 @@ std::tuple<at::Tensor, at::Tensor> key_aware_cuda(const at::Tensor& query, const
     dispatch_vpt(s.D, [&](auto vpt) {
       forward_kernel<scalar_t, decltype(vpt)::value><<<blocks, kThreadsPerBlock, 0, stream>>>(
           query.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-          key ? key->const_data_ptr<scalar_t>() : nullptr,
-          spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
+          key ? key->const_data_ptr<scalar_t>() : nullptr, spatial_shapes.const_data_ptr<int64_t>(),
+          level_start_index.const_data_ptr<int64_t>(),
           sampling_locations.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
           attn.mutable_data_ptr<acc_t>(), s);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -36,7 +36,11 @@ def test_crop_recipe_keeps_boxes_inside(record):
         is_train=True,
         augmentation=build_detr_augmentation(min_sizes=(64,), max_size=200),
         augmentation_with_crop=build_detr_augmentation(
-            min_sizes=(64,), max_size=200, crop_resize_sizes=(90,), crop_size=(40, 60), with_crop=True
+            min_sizes=(64,),
+            max_size=200,
+            crop_resize_sizes=(90,),
+            crop_size=(40, 60),
+            with_crop=True,
         ),
         crop_prob=1.0,
     )

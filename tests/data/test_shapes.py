@@ -14,7 +14,7 @@ from lite_detr.data import (
     shapes_dataset_dir,
 )
 
-ARGS = dict(num_train=12, num_val=4, image_size=128, seed=3)
+ARGS = {"num_train": 12, "num_val": 4, "image_size": 128, "seed": 3}
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,9 @@ def toy_cfg(tiny_shapes, tmp_path):
         params=L(get_default_optimizer_params)(), lr=1e-2, weight_decay=1e-4
     )
     cfg.lr_multiplier = L(WarmupParamScheduler)(
-        scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[1000], num_updates=2000),
+        scheduler=L(MultiStepParamScheduler)(
+            values=[1.0, 0.1], milestones=[1000], num_updates=2000
+        ),
         warmup_length=0.0,
         warmup_factor=1.0,
     )
@@ -101,7 +103,7 @@ def toy_cfg(tiny_shapes, tmp_path):
         max_iter=6,
         eval_period=0,
         log_period=2,
-        checkpointer=dict(period=3, max_to_keep=10),
+        checkpointer={"period": 3, "max_to_keep": 10},
         seed=0,
     )
     return cfg

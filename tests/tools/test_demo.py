@@ -57,7 +57,19 @@ def test_demo_bad_inputs(tmp_path, weights, tools_data, capsys):
     with pytest.raises(ConfigError, match="missing.jpg.*does not exist"):
         demo.run(cfg, weights, [str(tmp_path / "missing.jpg")], str(tmp_path / "out"))
     with pytest.raises(SystemExit) as e:
-        demo.main(["--config-file", SHAPES_CFG, "--weights", str(tmp_path / "no.pth"),
-                   "--input", str(bad), "--output", str(tmp_path / "o")] + TINY + tools_data)
+        demo.main(
+            [
+                "--config-file",
+                SHAPES_CFG,
+                "--weights",
+                str(tmp_path / "no.pth"),
+                "--input",
+                str(bad),
+                "--output",
+                str(tmp_path / "o"),
+            ]
+            + TINY
+            + tools_data
+        )
     assert e.value.code == 2
     assert "no.pth" in capsys.readouterr().err

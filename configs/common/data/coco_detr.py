@@ -5,8 +5,11 @@ or, with probability 0.5, resize to 400/500/600 + random crop 384..600 + the mul
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
-from detectron2.data import get_detection_dataset_dicts
+from detectron2.data import (
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.data import transforms as T
 from omegaconf import OmegaConf
 

@@ -1,5 +1,7 @@
+import glob
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -162,3 +164,26 @@ def test_loss_falls_on_synthetic_shapes(shapes_batch):
     history = train_steps(build_tiny(seed=0), shapes_batch, steps=20)
     assert all(np.isfinite(history)), history
     assert np.mean(history[-3:]) < 0.8 * np.mean(history[:3]), history
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(glob.glob(os.path.join(ROOT, "projects", "lite_deformable_detr", "configs", "*.py"))),
+)
+def test_experiment_configs_match_their_names(path):
+    cfg = LazyConfig.load(path)
+    name = os.path.basename(path)[: -len(".py")]
+    epochs = int(re.search(r"_(\d+)ep$", name).group(1))
+    assert cfg.train.max_iter == epochs * 7500 and cfg.dataloader.train.total_batch_size == 16
+    assert cfg.optimizer.lr == 2e-4 and cfg.model.num_queries == 300
+    assert cfg.model.encoder.feedforward_dim == cfg.model.decoder.feedforward_dim == 1024
+    m = re.search(r"_h(\d)l(\d)_a(\d)b(\d)_", name)
+    enc = cfg.model.encoder
+    if m is None:
+        assert name.startswith("deformable_detr_r50_two_stage") and enc.num_layers == 6
+        assert cfg.model._target_ is DeformableDETR and enc.attention == "deformable"
+    else:
+        h, low, a, b = map(int, m.groups())
+        assert cfg.model._target_ is LiteDeformableDETR and enc.attention == "key_aware"
+        assert (enc.num_high_levels, 4 - enc.num_high_levels) == (h, low)
+        assert (enc.num_high_updates, enc.num_blocks) == (a, b) and a * b == 6

@@ -93,22 +93,26 @@ def test_bad_inputs_raise_clear_errors(build_tiny, make_input):
 
 
 def test_overfits_one_image(build_tiny, make_input):
-    """A tiny model learns one image with two objects: loss falls and the boxes match the GT."""
-    torch.set_num_threads(2)
-    model = build_tiny(overrides=["model.denoising.num_dn_queries=4"], seed=0).train()
-    h, w = 96, 96
-    gt = torch.tensor([[12.0, 15.0, 45.0, 52.0], [52.0, 45.0, 90.0, 82.0]])
-    x = make_input(h, w, gt, [0, 2])
-    img = torch.zeros(3, h, w, dtype=torch.uint8)
-    img[0, 15:52, 12:45] = 255
-    img[2, 45:82, 52:90] = 255
+    """A tiny model learns one image with two objects: the matching loss falls by a large factor
+    and the top-scoring box of each class then matches its ground truth. The random backbone is
+    frozen (its features suffice, and the backward pass is cheaper)."""
+    overrides = [
+        "model.backbone.freeze_at=5",
+        "model.num_queries=10",
+        "model.denoising.num_dn_queries=4",
+    ]
+    model = build_tiny(overrides=overrides, seed=0).train()
+    gt = torch.tensor([[8.0, 10.0, 30.0, 34.0], [34.0, 30.0, 60.0, 54.0]])
+    img = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    img[0, 10:34, 8:30] = 255
+    img[2, 30:54, 34:60] = 255
+    x = make_input(64, 64, gt, [0, 2])
     x["image"] = img
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    matching = ("loss_class", "loss_bbox", "loss_giou")
     history = []
     for _ in range(50):
         losses = model([x])
-        history.append(sum(losses[k].item() for k in matching))
+        history.append(sum(losses[k].item() for k in ("loss_class", "loss_bbox", "loss_giou")))
         opt.zero_grad()
         sum(losses.values()).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -119,5 +123,6 @@ def test_overfits_one_image(build_tiny, make_input):
         r = model([{"image": img}])[0]["instances"]
     for cls, box in zip((0, 2), gt):
         sel = r[r.pred_classes == cls]
-        best = sel[int(sel.scores.argmax()) : int(sel.scores.argmax()) + 1]
-        assert box_iou(best.pred_boxes.tensor, box[None]).item() > 0.5, (cls, best)
+        best = int(sel.scores.argmax())
+        iou = box_iou(sel.pred_boxes.tensor[best : best + 1], box[None]).item()
+        assert iou > 0.5, (cls, iou, sel.pred_boxes.tensor[best])

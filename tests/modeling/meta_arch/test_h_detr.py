@@ -1,4 +1,6 @@
+import glob
 import os
+import re
 
 import pytest
 import torch
@@ -203,3 +205,22 @@ def test_loss_falls(make_input):
         ]
         assert all(torch.isfinite(torch.tensor(total))), total
         assert sum(total[-3:]) < 0.8 * sum(total[:3]), (one2many, total)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(PROJECTS, "lite_h_detr", "configs", "*.py")))
+)
+def test_experiment_configs_match_their_names(path):
+    cfg = LazyConfig.load(path)
+    name = os.path.basename(path)[: -len(".py")]
+    epochs = int(re.search(r"_(\d+)ep$", name).group(1))
+    assert cfg.train.max_iter == epochs * 7500 and cfg.optimizer.lr == 2e-4
+    model = cfg.model
+    assert (model.num_queries, model.num_queries_one2many, model.one2many_repeats) == (300, 1500, 6)
+    lite = name.startswith("lite_h_detr_r50_h3l1_a2b3_")
+    assert model._target_ is (LiteHDETR if lite else HDETR)
+    assert model.encoder.feedforward_dim == 1024
+    if lite:
+        enc = model.encoder
+        assert (enc.num_high_levels, enc.num_high_updates, enc.num_blocks) == (3, 2, 3)
+        assert enc.attention == model.decoder.cross_attention == "key_aware"

@@ -59,3 +59,9 @@ def _make_input(h, w, boxes, classes, out_hw=None, seed=0):
 def make_input():
     """``make_input(h, w, boxes_xyxy, classes, out_hw=None)`` -> a detectron2 input dict."""
     return _make_input
+
+
+@pytest.fixture
+def tiny_config():
+    """``tiny_config(name="lite_dino_r50", overrides=())`` -> the shrunk LazyConfig."""
+    return tiny_cfg

@@ -17,6 +17,14 @@ def test_registered_and_named_modules(build_tiny):
     assert "pixel_mean" not in model.state_dict()  # non-persistent
 
 
+def test_built_from_a_lazy_config(tiny_config):
+    """``@configurable``: the class called with a LazyConfig instantiates ``cfg.model``."""
+    model = LiteDINO(tiny_config())
+    assert model.num_queries == 20 and model.variant_tag.tags["encoder"] == "H3L1-(2+1)x3/key_aware"
+    with pytest.raises(TypeError, match="LazyConfig"):
+        LiteDINO.from_config({"MODEL": {}})
+
+
 def test_train_and_eval_on_images_of_different_sizes(build_tiny, make_input):
     model = build_tiny()
     batch = [

@@ -2,8 +2,8 @@
 """CPU inference latency and GFLOPs of DINO R50 vs the Lite-DINO R50 variants at 800x1333.
 
 Latency is split into backbone (+ neck), encoder and decoder (query selection, decoder, heads and
-post-processing: everything after the encoder) with forward hooks, median over ``--runs`` runs
-after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the compiled ops' FLOP
+post-processing: everything after the encoder) with forward hooks, median over ``--runs`` rounds
+(variants take turns) after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the compiled ops' FLOP
 handles. Weights are random: the cost does not depend on them (top-k post-processing included).
 
     python benchmarks/bench_model.py                 # all variants, 2 threads, ~10 min
@@ -108,26 +108,30 @@ def main():
     inputs = [{"image": image}]
     print(f"{args.height}x{args.width}, {args.threads} threads, torch {torch.__version__}")
 
-    rows = {}
+    rows, models = {}, {}
     for name in args.variants:
         model = build(name)
         row = {"variant": model.encoder.variant}
         if not args.no_flops:
             flops = FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
             flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            by_module = flops.by_module()
             row["gflops"] = flops.total() / 1e9
-            row["enc_gflops"] = by_module["model.encoder"] / 1e9  # TracingAdapter prefix
-        if not args.no_latency:
-            timer = StageTimer(model)
-            for _ in range(args.warmup):
-                timer.run(model, inputs)
-            runs = [timer.run(model, inputs) for _ in range(args.runs)]
+            row["enc_gflops"] = flops.by_module()["model.encoder"] / 1e9  # TracingAdapter prefix
+        rows[name], models[name] = row, model
+    if not args.no_latency:
+        # variants take turns in every round, so that a change of machine load hits all of them
+        timers = {name: StageTimer(model) for name, model in models.items()}
+        runs = {name: [] for name in models}
+        for i in range(args.warmup + args.runs):
+            for name, model in models.items():
+                result = timers[name].run(model, inputs)
+                if i >= args.warmup:
+                    runs[name].append(result)
+        for name, row in rows.items():
             for k in ("backbone", "encoder", "decoder", "total"):
-                row[k] = statistics.median(r[k] for r in runs)
-        rows[name] = row
+                row[k] = statistics.median(r[k] for r in runs[name])
+    for name, row in rows.items():
         print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
-        del model
 
     base = rows.get("dino")
     header = (

@@ -59,9 +59,7 @@ def compile_one(source: str, out_dir: str):
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     # warnings in our own files count as failures; warnings inside torch headers do not
-    own_warnings = [
-        line for line in log.splitlines() if "warning" in line.lower() and OPS in line
-    ]
+    own_warnings = [line for line in log.splitlines() if "warning" in line.lower() and OPS in line]
     return source, proc.returncode, log, own_warnings, " ".join(cmd)
 
 

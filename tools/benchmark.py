@@ -164,7 +164,10 @@ def main(argv=None):
     setup_logger(name="lite_detr")
     try:
         cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])
-        check_config(cfg, eval_only="train" not in args.tasks and "data" not in args.tasks)
+        if args.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device cuda but no CUDA GPU is available: use --device cpu.")
+        if "data" in args.tasks:  # the others fall back to random images without the dataset
+            check_config(cfg)
         return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
     except ConfigError as e:
         print(f"benchmark.py: error: {e}", file=sys.stderr)

@@ -199,7 +199,9 @@ def main(argv=None):
     try:
         cfg = load_config(args.config_file, args.opts)
         if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-            cfg.train.device = "cpu"  # inference runs anywhere; training configs default to cuda
+            # training configs default to cuda; inference runs anywhere
+            logger.warning("No CUDA GPU: running the demo on the CPU.")
+            cfg.train.device = "cpu"
         import lite_detr.data  # noqa: F401  (registers the shapes metadata)
 
         return run(

@@ -128,7 +128,7 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     cannot run: unknown device, CUDA requested without a GPU, unregistered dataset, missing
     checkpoint file, bad AMP dtype.
     """
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     import lite_detr.data  # noqa: F401  (registers shapes_train / shapes_val)
 
@@ -158,6 +158,15 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
                     f"Similar registered names: {close or 'none'}. Register it (e.g. "
                     "detectron2.data.datasets.register_coco_instances) or set "
                     f"$DETECTRON2_DATASETS to the folder that holds it."
+                )
+            meta = MetadataCatalog.get(name)
+            json_file = meta.get("json_file")
+            lazy = meta.get("generate_on_first_use", False)
+            if json_file and not lazy and not os.path.isfile(json_file):
+                raise ConfigError(
+                    f"Dataset {name!r} (dataloader.{split}.dataset.names) is registered but its "
+                    f"annotations {json_file} do not exist: download the dataset (see detectron2's "
+                    "datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
                 )
     ckpt = cfg.train.get("init_checkpoint", "")
     if ckpt and "://" not in ckpt and not os.path.isfile(ckpt):

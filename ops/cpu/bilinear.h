@@ -156,38 +156,5 @@ inline acc_t dot_axpy(const v_t* __restrict__ v, acc_t* __restrict__ grad,
          tail;
 }
 
-// acc[d] += alpha * src[d], returning sum_d src[d] * x[d]: sampling a corner and taking its dot
-// product with x in one pass.
-template <typename acc_t, typename src_t>
-inline acc_t dot_axpy_src(const src_t* __restrict__ src, acc_t* __restrict__ acc,
-                          const acc_t* __restrict__ x, acc_t alpha, int64_t D) {
-  acc_t part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t d = 0;
-  for (; d + 8 <= D; d += 8) {
-    for (int k = 0; k < 8; ++k) {
-      const acc_t v = static_cast<acc_t>(src[d + k]);
-      part[k] += v * x[d + k];
-      acc[d + k] += alpha * v;
-    }
-  }
-  acc_t tail = 0;
-  for (; d < D; ++d) {
-    const acc_t v = static_cast<acc_t>(src[d]);
-    tail += v * x[d];
-    acc[d] += alpha * v;
-  }
-  return ((part[0] + part[4]) + (part[1] + part[5])) + ((part[2] + part[6]) + (part[3] + part[7])) +
-         tail;
-}
-
-// dst[d] += alpha * x[d] + beta * y[d]
-template <typename acc_t>
-inline void axpy2(acc_t* __restrict__ dst, const acc_t* __restrict__ x, acc_t alpha,
-                  const acc_t* __restrict__ y, acc_t beta, int64_t D) {
-  for (int64_t d = 0; d < D; ++d) {
-    dst[d] += alpha * x[d] + beta * y[d];
-  }
-}
-
 }  // namespace cpu
 }  // namespace lite_detr

@@ -9,8 +9,7 @@
 //   ds_j = a_j (g.v_j - g.out),  grad_q = sum_j ds_j k_j / sqrt(D),
 //   grad_k_j = ds_j q / sqrt(D),  grad_v_j = a_j g  (both scattered bilinearly),
 //   grad_loc_j = sum over corners of dw/dxy * (grad_v_j . V_c + grad_k_j . K_c).
-// It reads each corner row once for the dot products (see backward_kernel) and runs parallel
-// over (n, m) heads: single writer per grad_value / grad_key slice, fixed order,
+// It runs parallel over (n, m) heads: single writer per grad_value / grad_key slice, fixed order,
 // bitwise reproducible.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -32,13 +31,12 @@ namespace lite_detr {
 namespace {
 
 using cpu::axpy;
-using cpu::axpy2;
 using cpu::bilinear_setup;
 using cpu::BilinearPoint;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dot;
-using cpu::dot_axpy_src;
+using cpu::dot_axpy;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
 
@@ -141,15 +139,12 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
   at::parallel_for(0, s.N * M, 1, [&](int64_t begin, int64_t end) {
-    // per-task buffers: the sampled keys k_j (the values when key is None), and per corner c of
-    // point j the dot products V_c.g and K_c.q (V_c.q when key is None), so that each corner row
-    // is read once: the location gradient V_c.grad_v + K_c.grad_k is a mix of these two.
-    std::vector<acc_t> g(D), q(D), k(LP * D), g_dot_v(LP), grad_q(D);
-    std::vector<acc_t> corner_g(4 * LP), corner_q(4 * LP);
+    // per-task buffers: the samples v_j (and k_j) of the L*P points, g.v_j, per-point gradients
+    std::vector<acc_t> g(D), q(D), v(LP * D), k(key ? LP * D : 0), g_dot_v(LP), grad_q(D);
+    std::vector<acc_t> grad_vj(D), grad_kj(key ? D : 0);
     std::vector<BilinearPoint<acc_t>> points(LP);
     std::vector<char> valid(LP);
-    const scalar_t* keys = key ? key : value;
-    acc_t* grad_keys = key ? grad_key : grad_value;
+    const std::vector<scalar_t> zeros(D, scalar_t(0));
     for (int64_t nm = begin; nm < end; ++nm) {
       const int64_t n = nm / M, m = nm % M;
       for (int64_t iq = 0; iq < s.Lq; ++iq) {
@@ -175,36 +170,26 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
             }
           }
         }
-        // pass 1: read every corner once; g.v_j and g.out = sum_j a_j g.v_j
+        // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
         acc_t g_dot_out = 0;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p;
-            acc_t* kj = k.data() + j * D;
-            std::fill(kj, kj + D, acc_t(0));
-            g_dot_v[j] = 0;
+            acc_t* vj = v.data() + j * D;
             if (!valid[j]) {
+              std::fill(vj, vj + D, acc_t(0));
+              if (key) {
+                std::fill(k.data() + j * D, k.data() + (j + 1) * D, acc_t(0));
+              }
+              g_dot_v[j] = 0;
               continue;
             }
-            const BilinearPoint<acc_t>& b = points[j];
-            for (int c = 0; c < 4; ++c) {
-              acc_t* cg = &corner_g[4 * j + c];
-              acc_t* cq = &corner_q[4 * j + c];
-              *cg = *cq = 0;
-              if (b.token[c] < 0) {
-                continue;
-              }
-              const int64_t t = offset + b.token[c] * row;
-              if (key) {
-                *cg = dot(value + t, g.data(), D);
-                *cq = dot_axpy_src(key + t, kj, q.data(), b.w[c], D);
-              } else {
-                *cq = dot_axpy_src(value + t, kj, q.data(), b.w[c], D);
-                *cg = dot(value + t, g.data(), D);
-              }
-              g_dot_v[j] += b.w[c] * *cg;
+            gather(vj, value + offset, points[j], row, zeros.data(), D);
+            if (key) {
+              gather(k.data() + j * D, key + offset, points[j], row, zeros.data(), D);
             }
+            g_dot_v[j] = dot(vj, g.data(), D);
             g_dot_out += a[j] * g_dot_v[j];
           }
         }
@@ -219,23 +204,39 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
               continue;  // k_j = 0: no grad_q term; grad_loc stays zero
             }
             const acc_t ds = a[j] * (g_dot_v[j] - g_dot_out);
-            axpy(grad_q.data(), k.data() + j * D, ds, D);
             const BilinearPoint<acc_t>& b = points[j];
             acc_t g_x = 0, g_y = 0;
-            for (int c = 0; c < 4; ++c) {
-              if (b.token[c] < 0) {
-                continue;
+            if (key) {
+              axpy(grad_q.data(), k.data() + j * D, ds, D);
+              for (int64_t d = 0; d < D; ++d) {
+                grad_vj[d] = a[j] * g[d];
+                grad_kj[d] = ds * scale * q[d];
               }
-              const int64_t t = offset + b.token[c] * row;
-              // grad of the sample: a_j g through the value, ds_j q / sqrt(D) through the key
-              const acc_t dv = a[j] * corner_g[4 * j + c] + ds * scale * corner_q[4 * j + c];
-              g_x += b.dw_dx[c] * dv;
-              g_y += b.dw_dy[c] * dv;
-              if (key) {
-                axpy(grad_value + t, g.data(), b.w[c] * a[j], D);
+              for (int c = 0; c < 4; ++c) {
+                if (b.token[c] < 0) {
+                  continue;
+                }
+                const int64_t t = offset + b.token[c] * row;
+                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D) +
+                                 dot_axpy(key + t, grad_key + t, grad_kj.data(), b.w[c], D);
+                g_x += b.dw_dx[c] * dv;
+                g_y += b.dw_dy[c] * dv;
               }
-              axpy2(grad_keys + t, g.data(), key ? acc_t(0) : b.w[c] * a[j], q.data(),
-                    b.w[c] * ds * scale, D);
+            } else {
+              axpy(grad_q.data(), v.data() + j * D, ds, D);
+              // k == v: one combined gradient for the shared sample
+              for (int64_t d = 0; d < D; ++d) {
+                grad_vj[d] = a[j] * g[d] + ds * scale * q[d];
+              }
+              for (int c = 0; c < 4; ++c) {
+                if (b.token[c] < 0) {
+                  continue;
+                }
+                const int64_t t = offset + b.token[c] * row;
+                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D);
+                g_x += b.dw_dx[c] * dv;
+                g_y += b.dw_dy[c] * dv;
+              }
             }
             grad_loc[2 * i] = static_cast<scalar_t>(g_x * static_cast<acc_t>(W));
             grad_loc[2 * i + 1] = static_cast<scalar_t>(g_y * static_cast<acc_t>(H));

@@ -56,3 +56,16 @@ def test_missing_dataset_and_checkpoint(tmp_path):
     cfg = load_config(SHAPES_CFG, [f"train.init_checkpoint={tmp_path}/missing.pth"])
     with pytest.raises(ConfigError, match="missing.pth.*does not exist"):
         check_config(cfg)
+
+
+def test_registered_dataset_without_files(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    DatasetCatalog.register("ghost_val", lambda: [])
+    MetadataCatalog.get("ghost_val").set(json_file=str(tmp_path / "instances_ghost.json"))
+    cfg = load_config(SHAPES_CFG, ["dataloader.test.dataset.names=ghost_val"])
+    with pytest.raises(ConfigError, match="instances_ghost.json do not exist.*DETECTRON2_DATASETS"):
+        check_config(cfg)
+    # the lazily generated shapes dataset passes before it is generated
+    cfg = load_config(SHAPES_CFG)
+    check_config(cfg)

@@ -1,4 +1,4 @@
-"""fvcore sees the compiled ops in a traced graph, and the handles count them like the references."""
+"""fvcore sees the compiled ops in a traced graph; the handles count them like the references."""
 
 import pytest
 import torch

@@ -52,7 +52,7 @@ $(STAMPS)/package: setup.py $(OP_SOURCES) $(STAMPS)/deps
 	@rm -f $@
 	$(PIP) install --no-build-isolation --no-deps -e . \
 	  || { rm -f lite_detr/_C*.so; echo "make install: building lite_detr._C failed (see the compiler errors above)" >&2; exit 1; }
-	$(PY) -c "import lite_detr._C" \
+	$(PY) -c "import torch, lite_detr._C" \
 	  || { rm -f lite_detr/_C*.so; echo "make install: lite_detr._C was built but does not import" >&2; exit 1; }
 	@touch $@
 

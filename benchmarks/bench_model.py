@@ -3,8 +3,9 @@
 
 Latency is split into backbone (+ neck), encoder and decoder (query selection, decoder, heads and
 post-processing: everything after the encoder) with forward hooks, median over ``--runs`` rounds
-(variants take turns) after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the compiled ops' FLOP
-handles. Weights are random: the cost does not depend on them (top-k post-processing included).
+(variants take turns) after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the
+compiled ops' FLOP handles. Weights are random: the cost does not depend on them (top-k
+post-processing included).
 
     python benchmarks/bench_model.py                 # all variants, 2 threads, ~10 min
     python benchmarks/bench_model.py --runs 1 --no-flops --variants dino h3l1_a2b3

@@ -209,7 +209,7 @@ def get_parser():
     parser.add_argument("--image-size", type=int, default=DEFAULT_SPLIT["image_size"])
     parser.add_argument("--datasets-root", default=None, help="default: $DETECTRON2_DATASETS")
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
-    parser.add_argument("--score-threshold", type=float, default=0.4)
+    parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 

@@ -73,7 +73,7 @@ class LiteDetrTrainer(SimpleTrainer):
             else:
                 losses = sum(loss_dict.values())
         if not torch.isfinite(losses):
-            values = {k: float(v) for k, v in loss_dict.items()}
+            values = {k: float(v.detach()) for k, v in loss_dict.items()}
             raise FloatingPointError(
                 f"Loss became infinite or NaN at iteration {self.iter}: {values}. "
                 "The weights are not updated; the last periodic checkpoint is intact. Try a "

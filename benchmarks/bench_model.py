@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""CPU inference latency and GFLOPs of DINO R50 vs the Lite-DINO R50 variants at 800x1333.
+"""CPU inference latency and GFLOPs of detectors at 800x1333: by default DINO R50 vs the Lite-DINO
+R50 variants, or the models of any LazyConfig files (``--configs``).
 
 Latency is split into backbone (+ neck), encoder and decoder (query selection, decoder, heads and
 post-processing: everything after the encoder) with forward hooks, median over ``--runs`` rounds
-(variants take turns) after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the
+(models take turns) after ``--warmup``; GFLOPs (total and encoder) come from fvcore with the
 compiled ops' FLOP handles. Weights are random: the cost does not depend on them (top-k
-post-processing included).
+post-processing included). The ratio columns are relative to the first row.
 
-    python benchmarks/bench_model.py                 # all variants, 2 threads, ~10 min
+    python benchmarks/bench_model.py                 # all Lite-DINO variants, 2 threads, ~10 min
     python benchmarks/bench_model.py --runs 1 --no-flops --variants dino h3l1_a2b3
+    python benchmarks/bench_model.py --configs projects/lite_deformable_detr/configs/*.py
+
+Configs whose models are the same (e.g. the 12- and 36-epoch schedules of one model) are built and
+measured once, and share their numbers.
 
 Goals (issue 4): Lite H3L1-(2+1)x3 encoder latency <= 0.45x DINO's, end-to-end <= 0.7x.
 """
@@ -26,6 +31,7 @@ sys.path.insert(0, ROOT)
 
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from lite_detr.ops import compiled_ops_available  # noqa: E402
 from lite_detr.ops.flop_count import FLOP_HANDLES  # noqa: E402
@@ -82,17 +88,35 @@ class StageTimer:
         }
 
 
-def build(name):
-    path, overrides, _ = VARIANTS[name]
-    cfg = LazyConfig.load(os.path.join(MODELS, path))
-    LazyConfig.apply_overrides(cfg, overrides)
-    torch.manual_seed(0)
-    return instantiate(cfg.model).eval()
+def model_configs(args):
+    """(label, model config) of each row: the ``--configs`` files, or the ``--variants``."""
+    if args.configs:
+        return [
+            (os.path.basename(path)[: -len(".py")], LazyConfig.load(path).model)
+            for path in args.configs
+        ]
+    rows = []
+    for name in args.variants:
+        path, overrides, label = VARIANTS[name]
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(os.path.join(MODELS, path)), overrides)
+        rows.append((label, cfg.model))
+    return rows
+
+
+def measure_flops(model, inputs):
+    """Total and encoder GFLOPs of one inference."""
+    flops = FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    by_module = flops.by_module()  # traced through an adapter: modules are "model.*"
+    return {"gflops": flops.total() / 1e9, "enc_gflops": by_module["model.encoder"] / 1e9}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--configs", nargs="+", metavar="PATH", help="LazyConfig files (instead of --variants)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
@@ -109,39 +133,42 @@ def main():
     inputs = [{"image": image}]
     print(f"{args.height}x{args.width}, {args.threads} threads, torch {torch.__version__}")
 
-    rows, models = {}, {}
-    for name in args.variants:
-        model = build(name)
-        row = {"variant": model.encoder.variant}
-        if not args.no_flops:
-            flops = FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
-            flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-            row["gflops"] = flops.total() / 1e9
-            row["enc_gflops"] = flops.by_module()["model.encoder"] / 1e9  # TracingAdapter prefix
-        rows[name], models[name] = row, model
+    # one model per distinct model config: configs that differ only in their schedule share it
+    labels, keys, models = [], [], {}
+    for label, cfg in model_configs(args):
+        key = str(OmegaConf.to_container(cfg, resolve=True))
+        if key not in models:
+            torch.manual_seed(0)
+            models[key] = instantiate(cfg).eval()
+        labels.append(label)
+        keys.append(key)
+    results = {key: {"variant": model.encoder.variant} for key, model in models.items()}
+    if not args.no_flops:
+        for key, model in models.items():
+            results[key].update(measure_flops(model, inputs))
     if not args.no_latency:
-        # variants take turns in every round, so that a change of machine load hits all of them
-        timers = {name: StageTimer(model) for name, model in models.items()}
-        runs = {name: [] for name in models}
+        # models take turns in every round, so that a change of machine load hits all of them
+        timers = {key: StageTimer(model) for key, model in models.items()}
+        runs = {key: [] for key in models}
         for i in range(args.warmup + args.runs):
-            for name, model in models.items():
-                result = timers[name].run(model, inputs)
+            for key, model in models.items():
+                result = timers[key].run(model, inputs)
                 if i >= args.warmup:
-                    runs[name].append(result)
-        for name, row in rows.items():
+                    runs[key].append(result)
+        for key, row in results.items():
             for k in ("backbone", "encoder", "decoder", "total"):
-                row[k] = statistics.median(r[k] for r in runs[name])
-    for name, row in rows.items():
-        print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+                row[k] = statistics.median(r[k] for r in runs[key])
+    for label, key in zip(labels, keys):
+        print(label, {k: round(v, 3) if isinstance(v, float) else v for k, v in results[key].items()})
 
-    base = rows.get("dino")
+    base = results[keys[0]]
     header = (
         "| model | encoder | GFLOPs | enc GFLOPs | backbone s | encoder s | decoder s | total s |"
     )
     print("\n" + header + " enc ratio | total ratio |")
     print("|" + "---|" * 10)
-    for name, row in rows.items():
-        print(format_row(VARIANTS[name][2], row, base))
+    for label, key in zip(labels, keys):
+        print(format_row(label, results[key], base))
 
 
 def format_row(label, row, base):

@@ -146,6 +146,7 @@ def draw_predictions(cfg, weights: str, dataset: str, out_dir: str, num: int, th
 
 def run(args) -> Dict:
     os.makedirs(args.output_dir, exist_ok=True)
+    torch.set_num_threads(args.num_threads)
     dataset = prepare_data(args.num_train, args.num_val, args.image_size, args.datasets_root)
     opts = _overrides(args, dataset)
     cfg = load_config(args.config_file, opts)
@@ -210,6 +211,9 @@ def get_parser():
     parser.add_argument("--datasets-root", default=None, help="default: $DETECTRON2_DATASETS")
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     parser.add_argument("--score-threshold", type=float, default=0.3)
+    # half the cores: the data-loader worker needs one, and OpenMP threads that wait for a busy
+    # core (a shared 2-core machine) make each step several times slower
+    parser.add_argument("--num-threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 

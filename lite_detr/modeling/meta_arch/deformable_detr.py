@@ -2,12 +2,10 @@
 
 Both are :class:`~lite_detr.modeling.meta_arch.dino.DINO` with two differences: no denoising
 queries (a config choice) and content queries derived from the selected encoder proposals
-instead of learned ones (Deformable DETR, section 4.2 "two-stage"), which this module overrides.
+instead of learned ones (Deformable DETR, section 4.2 "two-stage"), which this module overrides
+(:meth:`DeformableDETR.content_queries`).
 """
 
-from typing import Dict, Tuple
-
-import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
@@ -16,19 +14,6 @@ from ..decoders import box_sine_embedding
 from .dino import DINO
 
 __all__ = ["DeformableDETR", "LiteDeformableDETR"]
-
-
-class _NoLearnedContent(nn.Module):
-    """Stands in for DINO's learned content queries (``tgt_embed``): zero of them.
-
-    ``DINO.select_queries`` reads ``tgt_embed.weight`` (Q, C); an empty, non-persistent buffer
-    keeps its proposal selection reusable while the model holds no dead parameter (a DDP error
-    without ``find_unused_parameters``) and checkpoints carry no ``tgt_embed`` entry.
-    """
-
-    def __init__(self, embed_dim: int):
-        super().__init__()
-        self.register_buffer("weight", torch.zeros(0, embed_dim), persistent=False)
 
 
 @META_ARCH_REGISTRY.register()
@@ -47,6 +32,9 @@ class DeformableDETR(DINO):
     configuration (FFN 1024, 300 queries, no denoising, class loss weight 2) is in
     ``projects/lite_deformable_detr/configs/models/deformable_detr_r50.py``.
     """
+
+    # content queries come from the proposals: the model (and its checkpoints) has no tgt_embed
+    learned_content_queries = False
 
     @configurable
     def __init__(
@@ -72,26 +60,26 @@ class DeformableDETR(DINO):
             select_box_nums_for_evaluation=select_box_nums_for_evaluation,
             **kwargs,
         )
-        self.tgt_embed = _NoLearnedContent(embed_dim)
         # content queries from the proposals' box embedding (Deformable DETR's pos_trans)
         self.content_proj = nn.Linear(2 * embed_dim, embed_dim)
         self.content_norm = nn.LayerNorm(embed_dim)
         nn.init.xavier_uniform_(self.content_proj.weight)
         nn.init.zeros_(self.content_proj.bias)
 
-    def select_queries(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """Two-stage query selection: DINO's top-k proposals, content queries from their boxes.
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Two-stage content queries: a linear layer + LayerNorm on the sine embedding of each
+        selected proposal box.
+
+        Args:
+            ref_unsig: (N, Q, 4) reference boxes of the queries, inverse-sigmoid, detached (the
+                proposal heads learn from the encoder loss alone).
+            memory: (N, S, C) encoder output (its dtype is the queries').
 
         Returns:
-            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, detached, and the
-            proposals' outputs {"pred_logits", "pred_boxes"} for the encoder loss.
+            (N, Q, C)
         """
-        _, ref_unsig, interm = super().select_queries(enc)
-        embed_dim = self.content_proj.out_features
-        # boxes are detached: the proposal heads learn from the encoder loss alone
-        emb = box_sine_embedding(ref_unsig.sigmoid(), embed_dim // 2)
-        content = self.content_norm(self.content_proj(emb.to(enc["memory"].dtype)))
-        return content, ref_unsig, interm
+        emb = box_sine_embedding(ref_unsig.sigmoid(), self.content_proj.out_features // 2)
+        return self.content_norm(self.content_proj(emb.to(memory.dtype)))
 
 
 @META_ARCH_REGISTRY.register()

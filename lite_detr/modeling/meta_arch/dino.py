@@ -78,8 +78,13 @@ class DINO(nn.Module):
     refinement and look-forward-twice; contrastive denoising queries in training.
 
     ``encoder`` / ``decoder`` / ``criterion`` / ``denoising`` are generic, so Deformable DETR
-    (two-stage) and H-DETR reuse this class with other modules and ``denoising=None``.
+    (two-stage) and H-DETR reuse this class with other modules and ``denoising=None``; subclasses
+    change the content queries (:meth:`content_queries`, with ``learned_content_queries = False``
+    when they need no learned ones) or the training step (:meth:`forward_training`).
     """
+
+    # mixed query selection: one learned content query per selected proposal (``tgt_embed``)
+    learned_content_queries: bool = True
 
     @configurable
     def __init__(
@@ -163,7 +168,8 @@ class DINO(nn.Module):
         self.enc_output_norm = nn.LayerNorm(embed_dim)
         self.enc_class_embed = nn.Linear(embed_dim, num_classes)
         self.enc_bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
-        self.tgt_embed = nn.Embedding(num_queries, embed_dim)
+        if self.learned_content_queries:
+            self.tgt_embed = nn.Embedding(num_queries, embed_dim)
         self.variant_tag = VariantTag(
             encoder=getattr(encoder, "variant", type(encoder).__name__),
             decoder=getattr(decoder, "cross_attention", type(decoder).__name__),
@@ -174,7 +180,8 @@ class DINO(nn.Module):
 
     def _reset_parameters(self) -> None:
         nn.init.normal_(self.level_embeds)
-        nn.init.normal_(self.tgt_embed.weight)
+        if self.learned_content_queries:
+            nn.init.normal_(self.tgt_embed.weight)
         nn.init.xavier_uniform_(self.enc_output.weight)
         nn.init.zeros_(self.enc_output.bias)
         # the encoder heads start like the decoder's: prior 0.01, zero box deltas
@@ -275,13 +282,12 @@ class DINO(nn.Module):
             "valid_ratios": valid_ratios,
         }
 
-    def select_queries(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
-        """Mixed query selection (DINO section 3.4): the top-``num_queries`` encoder proposals
-        give the initial reference boxes, the content queries are learned.
+    def select_proposals(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Two-stage proposals: the top-``num_queries`` encoder proposals by best class score.
 
         Returns:
-            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, detached, and the
-            proposals' outputs {"pred_logits", "pred_boxes"} for the encoder loss.
+            reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs
+            {"pred_logits" (N, Q, K), "pred_boxes" (N, Q, 4)} for the encoder loss.
         """
         memory = enc["memory"]
         if self.num_queries > memory.shape[1]:
@@ -306,8 +312,70 @@ class DINO(nn.Module):
             ),
             "pred_boxes": ref_unsig.sigmoid(),
         }
-        content = self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
-        return content, ref_unsig.detach(), interm
+        return ref_unsig.detach(), interm
+
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Content queries of the selected proposals: learned ones, the same for every image
+        (DINO's mixed query selection, section 3.4).
+
+        Args:
+            ref_unsig: (N, Q, 4) reference boxes of the queries, inverse-sigmoid, detached.
+            memory: (N, S, C) encoder output.
+
+        Returns:
+            (N, Q, C)
+        """
+        return self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
+
+    def select_queries(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """Decoder queries: :meth:`select_proposals` gives the reference boxes,
+        :meth:`content_queries` their content.
+
+        Returns:
+            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, detached, and the
+            proposals' outputs {"pred_logits", "pred_boxes"} for the encoder loss.
+        """
+        ref_unsig, interm = self.select_proposals(enc)
+        return self.content_queries(ref_unsig, enc["memory"]), ref_unsig, interm
+
+    def decode(
+        self,
+        enc: Dict[str, Tensor],
+        content: Tensor,
+        ref_unsig: Tensor,
+        attn_mask: Tensor | None = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Run the decoder on the encoder output of :meth:`encode`.
+
+        Args:
+            content: (N, Q, C) content queries; ref_unsig: (N, Q, 4) inverse-sigmoid boxes.
+            attn_mask: (Q, Q) bool decoder self-attention mask, True = blocked, or None.
+
+        Returns:
+            logits (num_layers, N, Q, K) and boxes (num_layers, N, Q, 4) normalised cxcywh.
+        """
+        return self.decoder(
+            content,
+            ref_unsig,
+            enc["memory"],
+            enc["spatial_shapes"],
+            enc["level_start_index"],
+            enc["valid_ratios"],
+            enc["padding_mask"],
+            attn_mask,
+        )
+
+    @staticmethod
+    def to_outputs(logits: Tensor, boxes: Tensor) -> Dict:
+        """(num_layers, N, Q, *) decoder stacks -> the criterion's dict: the last layer's
+        "pred_logits" / "pred_boxes" and "aux_outputs" of the earlier layers."""
+        return {
+            "pred_logits": logits[-1],
+            "pred_boxes": boxes[-1],
+            "aux_outputs": [
+                {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
+            ],
+        }
 
     # ------------------------------------------------------------------ forward
     def forward(self, batched_inputs: List[Dict]):
@@ -323,37 +391,44 @@ class DINO(nn.Module):
         """
         images = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images) if self.training else None
-        feats, masks = self.extract_features(images)
-        enc = self.encode(feats, masks)
+        enc = self.encode(*self.extract_features(images))
         content, ref_unsig, interm = self.select_queries(enc)
+        if self.training:
+            return self.forward_training(enc, content, ref_unsig, interm, targets)
+        logits, boxes = self.decode(enc, content, ref_unsig)
+        return self.inference(self.to_outputs(logits, boxes), images, batched_inputs)
 
+    def forward_training(
+        self,
+        enc: Dict[str, Tensor],
+        content: Tensor,
+        ref_unsig: Tensor,
+        interm: Dict[str, Tensor],
+        targets: List[Dict],
+    ) -> Dict[str, Tensor]:
+        """Training step after query selection: adds the denoising queries, decodes, and returns
+        the weighted losses (suffixes "_{i}" of the auxiliary layers, "_enc" of the proposals,
+        "_dn" of the denoising queries).
+
+        Args:
+            enc: output of :meth:`encode`; content, ref_unsig, interm: of :meth:`select_queries`.
+            targets: of :meth:`prepare_targets`.
+        """
         dn = None
         attn_mask = None
-        if self.training and self.denoising is not None:
+        if self.denoising is not None:
             dn = self.denoising(targets, self.num_queries)
             if dn is not None:
                 dn_content, dn_ref, attn_mask, dn_meta = dn
                 content = torch.cat([dn_content.to(content.dtype), content], 1)
                 ref_unsig = torch.cat([dn_ref.to(ref_unsig.dtype), ref_unsig], 1)
 
-        logits, boxes = self.decoder(
-            content,
-            ref_unsig,
-            enc["memory"],
-            enc["spatial_shapes"],
-            enc["level_start_index"],
-            enc["valid_ratios"],
-            enc["padding_mask"],
-            attn_mask,
-        )
+        logits, boxes = self.decode(enc, content, ref_unsig, attn_mask)
         pad = dn[3]["pad_size"] if dn is not None else 0
-        outputs = _to_outputs(logits[:, :, pad:], boxes[:, :, pad:])
-        if not self.training:
-            return self.inference(outputs, images, batched_inputs)
-
+        outputs = self.to_outputs(logits[:, :, pad:], boxes[:, :, pad:])
         outputs["interm_outputs"] = interm
         if dn is not None:
-            outputs["dn_outputs"] = _to_outputs(logits[:, :, :pad], boxes[:, :, :pad])
+            outputs["dn_outputs"] = self.to_outputs(logits[:, :, :pad], boxes[:, :, :pad])
         losses = self.criterion(outputs, targets, dn[3] if dn is not None else None)
         if self.denoising is not None and dn is None:
             # no ground truth in the batch: same loss keys, and every parameter still gets a
@@ -415,14 +490,3 @@ class LiteDINO(DINO):
     """Lite-DINO (Li et al., "Lite DETR", CVPR 2023): DINO whose encoder is the interleaved
     encoder with key-aware deformable attention. Same code as :class:`DINO`; the encoder and
     the attention type come from the config."""
-
-
-def _to_outputs(logits: Tensor, boxes: Tensor) -> Dict:
-    """(num_layers, N, Q, *) stacks -> last layer + "aux_outputs" of the earlier layers."""
-    return {
-        "pred_logits": logits[-1],
-        "pred_boxes": boxes[-1],
-        "aux_outputs": [
-            {"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])
-        ],
-    }

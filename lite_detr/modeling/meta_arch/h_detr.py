@@ -8,7 +8,6 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
 from .deformable_detr import DeformableDETR
-from .dino import _to_outputs
 
 __all__ = ["HDETR", "LiteHDETR", "build_hybrid_attn_mask", "repeat_targets"]
 
@@ -96,36 +95,33 @@ class HDETR(DeformableDETR):
     def num_queries(self, value: int) -> None:
         self.num_queries_one2one = value
 
-    def forward(self, batched_inputs: List[Dict]):
-        """Same inputs and outputs as :meth:`DINO.forward`; in training the losses of the
-        one-to-many group are added with the suffix ``_one2many`` (e.g. ``loss_class_one2many``,
-        ``loss_bbox_0_one2many``)."""
-        if not self.training or self.num_queries_one2many == 0:
-            return super().forward(batched_inputs)
+    def forward_training(
+        self,
+        enc: Dict[str, Tensor],
+        content: Tensor,
+        ref_unsig: Tensor,
+        interm: Dict[str, Tensor],
+        targets: List[Dict],
+    ) -> Dict[str, Tensor]:
+        """:meth:`DINO.forward_training` with hybrid matching: the losses of the one-to-many
+        group are added with the suffix ``_one2many`` (e.g. ``loss_class_one2many``,
+        ``loss_bbox_0_one2many``).
 
-        images = self.preprocess_image(batched_inputs)
-        targets = self.prepare_targets(batched_inputs, images)
-        enc = self.encode(*self.extract_features(images))
-        # top-(Q1 + Q2) proposals in score order: the first Q1 are the queries of inference
-        content, ref_unsig, interm = self.select_queries(enc)
+        Args:
+            content, ref_unsig, interm: the top-(Q1 + Q2) proposals in score order, so the first
+                Q1 are the queries of inference; other arguments as :meth:`DINO.forward_training`.
+        """
+        if self.num_queries_one2many == 0:
+            return super().forward_training(enc, content, ref_unsig, interm, targets)
         q1 = self.num_queries_one2one
         attn_mask = build_hybrid_attn_mask(q1, self.num_queries_one2many, self.device)
-        logits, boxes = self.decoder(
-            content,
-            ref_unsig,
-            enc["memory"],
-            enc["spatial_shapes"],
-            enc["level_start_index"],
-            enc["valid_ratios"],
-            enc["padding_mask"],
-            attn_mask,
-        )
-        one2one = _to_outputs(logits[:, :, :q1], boxes[:, :, :q1])
+        logits, boxes = self.decode(enc, content, ref_unsig, attn_mask)
+        one2one = self.to_outputs(logits[:, :, :q1], boxes[:, :, :q1])
         # the encoder loss sees the same top-Q1 proposals as without hybrid matching
         one2one["interm_outputs"] = {k: v[:, :q1] for k, v in interm.items()}
         losses = self.criterion(one2one, targets)
 
-        one2many = _to_outputs(logits[:, :, q1:], boxes[:, :, q1:])
+        one2many = self.to_outputs(logits[:, :, q1:], boxes[:, :, q1:])
         many = self.criterion(one2many, repeat_targets(targets, self.one2many_repeats))
         losses.update({k + "_one2many": v * self.one2many_loss_weight for k, v in many.items()})
         return losses

@@ -53,12 +53,12 @@ optimizer = L(torch.optim.AdamW)(
     weight_decay=1e-4,
 )
 
-train.max_iter = 600
+train.max_iter = 800
 train.output_dir = "./output/lite_dino_r18_shapes_cpu"
 train.device = "cpu"
-train.eval_period = 300
+train.eval_period = 400
 train.log_period = 20
-train.checkpointer.period = 300
+train.checkpointer.period = 400
 train.checkpointer.max_to_keep = 3
 train.seed = 42
 

@@ -10,9 +10,16 @@ DINO R50 with the interleaved encoder of Lite DETR. Variants are overrides:
 
 from detectron2.config import LazyCall as L
 
-from lite_detr.modeling import DeformableEncoder, InterleavedEncoder, LiteDINO
+from lite_detr.modeling import InterleavedEncoder, LiteDINO
 
 from .dino_r50 import model
+
+# DINO's 6-layer deformable encoder, swapped in by ``model.encoder='${baseline_encoder}'`` (the
+# decoder's cross-attention follows its ``attention``: override it to keep KDA there); a top-level
+# node, so its interpolations name their keys in full
+baseline_encoder = model.encoder
+baseline_encoder.embed_dim = "${model.embed_dim}"
+baseline_encoder.num_levels = "${model.num_feature_levels}"
 
 model._target_ = LiteDINO
 model.encoder = L(InterleavedEncoder)(
@@ -27,17 +34,4 @@ model.encoder = L(InterleavedEncoder)(
     low_feedforward_dim=256,
     dropout=0.0,
     attention="key_aware",
-)
-
-# DINO's 6-layer deformable encoder, swapped in by ``model.encoder='${baseline_encoder}'``;
-# the decoder's cross-attention follows its ``attention`` (override it to keep KDA there).
-baseline_encoder = L(DeformableEncoder)(
-    num_layers=6,
-    embed_dim="${model.embed_dim}",
-    num_heads=8,
-    num_levels="${model.num_feature_levels}",
-    num_points=4,
-    feedforward_dim=2048,
-    dropout=0.0,
-    attention="deformable",
 )

@@ -159,7 +159,9 @@ def main():
             for k in ("backbone", "encoder", "decoder", "total"):
                 row[k] = statistics.median(r[k] for r in runs[key])
     for label, key in zip(labels, keys):
-        print(label, {k: round(v, 3) if isinstance(v, float) else v for k, v in results[key].items()})
+        print(
+            label, {k: round(v, 3) if isinstance(v, float) else v for k, v in results[key].items()}
+        )
 
     base = results[keys[0]]
     header = (

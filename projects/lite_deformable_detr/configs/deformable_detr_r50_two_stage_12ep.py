@@ -2,19 +2,7 @@
 Lite-Deformable-DETR)."""
 
 from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
-from ....configs.common.optim import AdamW as optimizer
-from ....configs.common.train import train
-from .models.deformable_detr_r50 import model
+from .deformable_detr_r50_two_stage_50ep import dataloader, model, optimizer, train
 
-# Deformable DETR's lr: 2e-4 (backbone 2e-5 through the common backbone_lr_factor)
-optimizer.lr = 2e-4
-
-# torchvision ImageNet weights (RGB input)
-train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/deformable_detr_r50_two_stage_12ep"
 train.max_iter = 12 * 7500
-train.eval_period = 7500
-train.checkpointer.period = 7500
-train.device = "cuda"
-dataloader.train.total_batch_size = 16

@@ -1,19 +1,7 @@
 """Lite-H-DETR R50, H3L1-(2+1)x3 with KDA, hybrid matching, 12 epochs on COCO."""
 
 from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
-from ....configs.common.optim import AdamW as optimizer
-from ....configs.common.train import train
-from .models.lite_h_detr_r50 import baseline_encoder, model
+from .lite_h_detr_r50_h3l1_a2b3_36ep import baseline_encoder, dataloader, model, optimizer, train
 
-# H-DETR's lr: 2e-4 (backbone 2e-5 through the common backbone_lr_factor)
-optimizer.lr = 2e-4
-
-# torchvision ImageNet weights (RGB input)
-train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/lite_h_detr_r50_h3l1_a2b3_12ep"
 train.max_iter = 12 * 7500
-train.eval_period = 7500
-train.checkpointer.period = 7500
-train.device = "cuda"
-dataloader.train.total_batch_size = 16

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import LazyConfig
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 from PIL import Image
@@ -17,39 +17,16 @@ from lite_detr.modeling.decoders import box_sine_embedding
 from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR, LiteDeformableDETR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-MODEL_CONFIGS = os.path.join(ROOT, "projects", "lite_deformable_detr", "configs", "models")
-
-# R18, width 64, 2 encoder / decoder layers, 20 queries: the R50 model configs shrunk by overrides;
-# the backbone (detectron2's) is frozen: its backward would dominate the CPU time of these tests
-TINY_OVERRIDES = [
-    "model.backbone.stages.depth=18",
-    "model.backbone.freeze_at=5",
-    "model.neck.input_shapes.res3.channels=128",
-    "model.neck.input_shapes.res4.channels=256",
-    "model.neck.input_shapes.res5.channels=512",
-    "model.embed_dim=64",
-    "model.position_embedding.num_pos_feats=32",
-    "model.encoder.feedforward_dim=128",
-    "model.decoder.num_layers=2",
-    "model.decoder.feedforward_dim=128",
-    "model.num_queries=20",
-    "model.num_classes=4",
-    "model.select_box_nums_for_evaluation=30",
-]
-TINY_ENCODER = {
-    "deformable_detr_r50": ["model.encoder.num_layers=2"],
-    "lite_deformable_detr_r50": [
-        "model.encoder.num_blocks=1",
-        "model.encoder.low_feedforward_dim=64",
-    ],
-}
 
 
-def build_tiny(name="deformable_detr_r50", overrides=(), seed=0):
-    cfg = LazyConfig.load(os.path.join(MODEL_CONFIGS, name + ".py"))
-    cfg = LazyConfig.apply_overrides(cfg, TINY_OVERRIDES + TINY_ENCODER[name] + list(overrides))
-    torch.manual_seed(seed)
-    return instantiate(cfg.model)
+@pytest.fixture
+def build_tiny(build_tiny):
+    """conftest's ``build_tiny`` with Deformable DETR as the default model."""
+
+    def build(name="deformable_detr_r50", overrides=(), seed=0):
+        return build_tiny(name, overrides, seed)
+
+    return build
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +65,7 @@ def train_steps(model, batch, steps=20, lr=1e-3):
     return history
 
 
-def test_registered_and_built_from_configs():
+def test_registered_and_built_from_configs(build_tiny):
     assert META_ARCH_REGISTRY.get("DeformableDETR") is DeformableDETR
     assert META_ARCH_REGISTRY.get("LiteDeformableDETR") is LiteDeformableDETR
     model = build_tiny()
@@ -106,7 +83,7 @@ def test_registered_and_built_from_configs():
 
 
 @pytest.mark.parametrize("name", ["deformable_detr_r50", "lite_deformable_detr_r50"])
-def test_train_and_eval_on_images_of_different_sizes(name, make_input):
+def test_train_and_eval_on_images_of_different_sizes(name, build_tiny, make_input):
     model = build_tiny(name)
     batch = [
         make_input(64, 96, [[10, 12, 60, 50], [50, 30, 90, 60]], [0, 2], out_hw=(128, 192)),
@@ -135,7 +112,7 @@ def test_train_and_eval_on_images_of_different_sizes(name, make_input):
     assert (b[:, 0] >= 0).all() and (b[:, 2] <= 192).all() and (b[:, 3] <= 128).all()
 
 
-def test_content_queries_follow_the_proposals(make_input):
+def test_content_queries_follow_the_proposals(build_tiny, make_input):
     """Two-stage: each decoder query's content is a function of its selected proposal box."""
     model = build_tiny().eval()
     seen = {}
@@ -152,14 +129,14 @@ def test_content_queries_follow_the_proposals(make_input):
     assert not torch.allclose(content[0, 0], content[0, 1])
 
 
-def test_bad_config_raises_clear_error(make_input):
+def test_bad_config_raises_clear_error(build_tiny, make_input):
     with pytest.raises(ValueError, match="num_queries"):
         build_tiny(overrides=["model.num_queries=500"]).eval()([make_input(32, 32, [], [])])
     with pytest.raises(ValueError, match="embed_dim"):
         build_tiny(overrides=["model.position_embedding.num_pos_feats=16"])
 
 
-def test_loss_falls_on_synthetic_shapes(shapes_batch):
+def test_loss_falls_on_synthetic_shapes(build_tiny, shapes_batch):
     torch.set_num_threads(2)
     history = train_steps(build_tiny(seed=0), shapes_batch, steps=20)
     assert all(np.isfinite(history)), history

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import LazyConfig
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from lite_detr.modeling import InterleavedEncoder
@@ -19,41 +19,17 @@ from lite_detr.modeling.meta_arch.h_detr import (
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 PROJECTS = os.path.join(ROOT, "projects")
 
-# the R50 model configs shrunk by overrides (as in test_deformable_detr.py); H-DETR's 300 + 1500
-# queries with k = 6 scaled down to 20 + 40 with k = 3
-TINY_OVERRIDES = [
-    "model.backbone.stages.depth=18",
-    "model.backbone.freeze_at=5",
-    "model.neck.input_shapes.res3.channels=128",
-    "model.neck.input_shapes.res4.channels=256",
-    "model.neck.input_shapes.res5.channels=512",
-    "model.embed_dim=64",
-    "model.position_embedding.num_pos_feats=32",
-    "model.encoder.feedforward_dim=128",
-    "model.decoder.num_layers=2",
-    "model.decoder.feedforward_dim=128",
-    "model.num_queries=20",
-    "model.num_classes=4",
-    "model.select_box_nums_for_evaluation=30",
-]
-H_OVERRIDES = ["model.num_queries_one2many=40", "model.one2many_repeats=3"]
-CONFIGS = {
-    "h_detr_r50": ("lite_h_detr", ["model.encoder.num_layers=2"] + H_OVERRIDES),
-    "lite_h_detr_r50": (
-        "lite_h_detr",
-        ["model.encoder.num_blocks=1", "model.encoder.low_feedforward_dim=64"] + H_OVERRIDES,
-    ),
-    "deformable_detr_r50": ("lite_deformable_detr", ["model.encoder.num_layers=2"]),
-}
 BASE = ("loss_class", "loss_bbox", "loss_giou")
 
 
-def build_tiny(name="h_detr_r50", overrides=(), seed=0):
-    project, extra = CONFIGS[name]
-    cfg = LazyConfig.load(os.path.join(PROJECTS, project, "configs", "models", name + ".py"))
-    cfg = LazyConfig.apply_overrides(cfg, TINY_OVERRIDES + extra + list(overrides))
-    torch.manual_seed(seed)
-    return instantiate(cfg.model)
+@pytest.fixture
+def build_tiny(build_tiny):
+    """conftest's ``build_tiny`` (H-DETR: 20 + 40 queries, k = 3) with H-DETR as the default."""
+
+    def build(name="h_detr_r50", overrides=(), seed=0):
+        return build_tiny(name, overrides, seed)
+
+    return build
 
 
 @pytest.fixture
@@ -96,7 +72,7 @@ def test_hybrid_attn_mask_and_repeated_targets():
     assert rep[1]["labels"].shape == (0,) and rep[1]["boxes"].shape == (0, 4)
 
 
-def test_registered_and_query_counts():
+def test_registered_and_query_counts(build_tiny):
     assert META_ARCH_REGISTRY.get("HDETR") is HDETR
     assert META_ARCH_REGISTRY.get("LiteHDETR") is LiteHDETR
     model = build_tiny()
@@ -109,7 +85,7 @@ def test_registered_and_query_counts():
 
 
 @pytest.mark.parametrize("name", ["h_detr_r50", "lite_h_detr_r50"])
-def test_one2many_branch_in_training_only(name, batch):
+def test_one2many_branch_in_training_only(name, build_tiny, batch):
     model = build_tiny(name)
     calls = decoder_calls(model)
 
@@ -139,7 +115,7 @@ def test_one2many_branch_in_training_only(name, batch):
         torch.testing.assert_close(train_out[:, :, :20].detach(), eval_out, atol=1e-4, rtol=1e-4)
 
 
-def test_inference_is_deformable_detr(batch):
+def test_inference_is_deformable_detr(build_tiny, batch):
     """At inference H-DETR is the Deformable DETR with the same weights: same detections."""
     h_detr = build_tiny().eval()
     deformable = build_tiny("deformable_detr_r50", seed=1).eval()
@@ -153,7 +129,7 @@ def test_inference_is_deformable_detr(batch):
         )
 
 
-def test_one2many_loss_weight_and_images_without_objects(make_input):
+def test_one2many_loss_weight_and_images_without_objects(build_tiny, make_input):
     batch = [make_input(64, 64, [[4, 4, 40, 40]], [2]), make_input(64, 80, [], [], seed=1)]
     torch.manual_seed(0)
     losses = build_tiny().train()(batch)
@@ -166,7 +142,7 @@ def test_one2many_loss_weight_and_images_without_objects(make_input):
     assert set(empty) == set(losses) and empty["loss_bbox_one2many"].item() == 0.0
 
 
-def test_bad_config_raises_clear_errors(make_input):
+def test_bad_config_raises_clear_errors(build_tiny, make_input):
     with pytest.raises(ValueError, match="denoising"):
         HDETR(denoising=torch.nn.Identity())
     with pytest.raises(ValueError, match="num_queries_one2many"):
@@ -178,7 +154,7 @@ def test_bad_config_raises_clear_errors(make_input):
         build_tiny().train()([make_input(32, 32, [[1, 1, 20, 20]], [0])])
 
 
-def test_loss_falls(make_input):
+def test_loss_falls(build_tiny, make_input):
     torch.set_num_threads(2)
     gt = [[[8, 10, 30, 34], [34, 30, 60, 58]], [[4, 6, 22, 22], [22, 24, 44, 46], [44, 6, 60, 28]]]
     batch = [

@@ -4,6 +4,10 @@ The ``make demo`` config: trains on a laptop CPU in minutes (see tools/run_demo.
 the paper's model everywhere except the structure: hidden size 128, FFN 512, 3 decoder layers,
 100 queries, 20 denoising queries, one interleaved encoder block (two high-level updates and one
 low-level update, KDA in encoder and decoder). BatchNorm is trained (no ImageNet weights).
+
+Measured on a shared 2-core CPU (tools/run_demo.py, one intra-op thread, ~1.03 s/iteration):
+800 iterations + evaluation in 14.5 min, shapes_val bbox AP 38.9 / AP50 49.4 / APs 31.0
+(600 iterations: AP 25.1; 900 iterations: AP 46.1).
 """
 
 import torch

@@ -14,7 +14,6 @@ import os
 from typing import List
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
@@ -22,6 +21,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoint import LiteDetrCheckpointer
 from .ema import EMAHook, apply_ema_weights
 from .train_loop import LiteDetrTrainer
 
@@ -180,17 +180,12 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
 
 def build_checkpointer(model, save_dir: str = "", **checkpointables):
     """
-    ``LiteDetrCheckpointer`` (refuses checkpoints of another encoder variant) when available,
-    else detectron2's ``DetectionCheckpointer``. The save directory is created, since fvcore's
-    ``save()`` does not create it.
+    ``LiteDetrCheckpointer`` (refuses checkpoints of another encoder variant). The save directory
+    is created, since fvcore's ``save()`` does not create it.
     """
-    try:
-        from lite_detr.checkpoint import LiteDetrCheckpointer as checkpointer_cls
-    except ImportError:
-        checkpointer_cls = DetectionCheckpointer
     if save_dir and comm.is_main_process():
         os.makedirs(save_dir, exist_ok=True)
-    return checkpointer_cls(model, save_dir, **checkpointables)
+    return LiteDetrCheckpointer(model, save_dir, **checkpointables)
 
 
 def _load_checkpoint(fn, path: str):

@@ -11,34 +11,11 @@ from typing import Any, Dict, List
 
 from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["LITE_DETR_OP_HANDLES", "FlopCountAnalysis", "ms_deform_attn_flop_jit"]
+from lite_detr.ops.flop_count import FLOP_HANDLES
+
+__all__ = ["LITE_DETR_OP_HANDLES", "FlopCountAnalysis"]
 
 logger = logging.getLogger(__name__)
-
-
-def ms_deform_attn_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """
-    ``lite_detr::ms_deform_attn(value (N, S, M, D), spatial_shapes, level_start_index,
-    sampling_locations (N, Lq, M, L, P, 2), attention_weights (N, Lq, M, L, P))``:
-    per sample and channel, 4 MACs of bilinear interpolation and 1 of weighting.
-    """
-    n, _, m, d = get_shape(inputs[0])
-    _, lq, _, levels, points, _ = get_shape(inputs[3])
-    return n * lq * m * levels * points * d * 5
-
-
-def ms_deform_attn_key_aware_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """
-    ``lite_detr::ms_deform_attn_key_aware(query (N, Lq, M, D), value (N, S, M, D), key,
-    spatial_shapes, level_start_index, sampling_locations (N, Lq, M, L, P, 2))``: per sample and
-    channel, bilinear value (4 MACs), q.k (1) and the weighted sum (1); a separate key tensor
-    costs another bilinear gather (4), while key = value (the default) shares one gather.
-    """
-    n, lq, m, d = get_shape(inputs[0])
-    levels, points = get_shape(inputs[5])[3:5]
-    shared = inputs[1].unique() == inputs[2].unique()
-    per_channel = 4 + 1 + 1 + (0 if shared else 4)
-    return n * lq * m * levels * points * d * per_channel
 
 
 def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
@@ -51,9 +28,9 @@ def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any])
     return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
+# the compiled ops' own handles (lite_detr.ops.flop_count), plus the decoder's self-attention
 LITE_DETR_OP_HANDLES: Dict[str, Any] = {
-    "lite_detr::ms_deform_attn": ms_deform_attn_flop_jit,
-    "lite_detr::ms_deform_attn_key_aware": ms_deform_attn_key_aware_flop_jit,
+    **FLOP_HANDLES,
     "aten::scaled_dot_product_attention": scaled_dot_product_attention_flop_jit,
 }
 

@@ -69,7 +69,7 @@ def get_extensions():
 
 
 class ReportingBuildExtension(BuildExtension):
-    """Say clearly that the op failed to build, so a broken build is never mistaken for a slow op."""
+    """Say clearly that the op failed to build, so a broken build is never taken for a slow op."""
 
     def run(self):
         try:

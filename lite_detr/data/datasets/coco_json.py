@@ -78,9 +78,7 @@ def load_coco_detection_json(
                     f"{where} has a degenerate bbox {bbox} (needs finite x, y and w > 0, h > 0)."
                 )
             if x < -1 or y < -1 or x + w > width + 1 or y + h > height + 1:
-                raise ValueError(
-                    f"{where} has bbox {bbox} outside the {width}x{height} image."
-                )
+                raise ValueError(f"{where} has bbox {bbox} outside the {width}x{height} image.")
             objs.append(
                 {
                     "bbox": [x, y, w, h],

@@ -120,7 +120,9 @@ def _make_image(rng: np.random.Generator, size: int):
             w = min(s * math.sqrt(aspect), size - 4)
             h = min(s / math.sqrt(aspect), size - 4)
             angle = rng.uniform(0, 2 * math.pi)
-            cx, cy = rng.uniform(w / 2 + 1, size - w / 2 - 1), rng.uniform(h / 2 + 1, size - h / 2 - 1)
+            cx, cy = rng.uniform(w / 2 + 1, size - w / 2 - 1), rng.uniform(
+                h / 2 + 1, size - h / 2 - 1
+            )
             if cls == "circle":
                 pts = None
                 box = np.array([cx - w / 2, cy - w / 2, cx + w / 2, cy + w / 2])
@@ -188,7 +190,9 @@ def generate_shapes_dataset(
             pil, anns = _make_image(rng, image_size)
             file_name = f"{split}/{i:06d}.jpg"
             pil.save(os.path.join(tmp, file_name), quality=92)
-            images.append({"id": i + 1, "file_name": file_name, "height": image_size, "width": image_size})
+            images.append(
+                {"id": i + 1, "file_name": file_name, "height": image_size, "width": image_size}
+            )
             for cls_id, box in anns:
                 x0, y0, x1, y1 = (round(float(v), 2) for v in box)
                 annotations.append(
@@ -226,7 +230,9 @@ def _is_complete(out_dir: str, num_train: int, num_val: int, image_size: int, se
             and m["splits"]["val"]["num_images"] == num_val
         )
         for split, num in (("train", num_train), ("val", num_val)):
-            ok = ok and os.path.isfile(os.path.join(out_dir, "annotations", f"instances_{split}.json"))
+            ok = ok and os.path.isfile(
+                os.path.join(out_dir, "annotations", f"instances_{split}.json")
+            )
             ok = ok and len(os.listdir(os.path.join(out_dir, split))) == num
         return bool(ok)
     except (OSError, ValueError, KeyError, TypeError):

@@ -2,7 +2,11 @@
 
 import torch
 
-__all__ = ["check_deformable_attention_inputs", "compute_sampling_locations"]
+__all__ = [
+    "check_deformable_attention_inputs",
+    "compute_sampling_locations",
+    "project_heads",
+]
 
 
 def _shape(t: torch.Tensor) -> tuple:
@@ -118,3 +122,29 @@ def compute_sampling_locations(
         reference_points[:, :, None, :, None, :2]
         + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
     )
+
+
+def project_heads(
+    proj: torch.nn.Module,
+    x: torch.Tensor,
+    key_padding_mask: torch.Tensor | None,
+    num_heads: int,
+) -> torch.Tensor:
+    """
+    Project the sampled features (values, or keys) and split them into heads; padded tokens are
+    zeroed so they contribute nothing wherever they are sampled.
+
+    Args:
+        proj (nn.Module): C -> C projection.
+        x (Tensor): (N, S, C).
+        key_padding_mask (Tensor or None): (N, S) bool, True marks padding.
+        num_heads (int): M.
+
+    Returns:
+        Tensor: (N, S, M, C // M).
+    """
+    x = proj(x)
+    if key_padding_mask is not None:
+        x = x.masked_fill(key_padding_mask[..., None], 0.0)
+    n, s, c = x.shape
+    return x.view(n, s, num_heads, c // num_heads)

@@ -5,7 +5,11 @@ from torch import nn
 
 from lite_detr.ops import ms_deform_attn_key_aware
 
-from .deformable_sampling import check_deformable_attention_inputs, compute_sampling_locations
+from .deformable_sampling import (
+    check_deformable_attention_inputs,
+    compute_sampling_locations,
+    project_heads,
+)
 from .multi_scale_deform_attn import check_head_arguments, init_sampling_offsets
 
 __all__ = ["KeyAwareDeformableAttention"]
@@ -106,21 +110,14 @@ class KeyAwareDeformableAttention(nn.Module):
             query_pos,
         )
         n, lq, _ = query.shape
-        s = value.shape[1]
         m, lvl, p = self.num_heads, self.num_levels, self.num_points
         d = self.embed_dim // m
         z_q = query if query_pos is None else query + query_pos
 
         key = None
         if self.key_proj is not None:
-            key = self.key_proj(value)
-            if key_padding_mask is not None:
-                key = key.masked_fill(key_padding_mask[..., None], 0.0)
-            key = key.view(n, s, m, d)
-        value = self.value_proj(value)
-        if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
-        value = value.view(n, s, m, d)
+            key = project_heads(self.key_proj, value, key_padding_mask, m)
+        value = project_heads(self.value_proj, value, key_padding_mask, m)
 
         q = self.query_proj(z_q).view(n, lq, m, d)
         offsets = self.sampling_offsets(z_q).view(n, lq, m, lvl, p, 2)

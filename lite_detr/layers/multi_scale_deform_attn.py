@@ -7,7 +7,11 @@ from torch import nn
 
 from lite_detr.ops import ms_deform_attn
 
-from .deformable_sampling import check_deformable_attention_inputs, compute_sampling_locations
+from .deformable_sampling import (
+    check_deformable_attention_inputs,
+    compute_sampling_locations,
+    project_heads,
+)
 
 __all__ = ["MultiScaleDeformableAttention", "init_sampling_offsets"]
 
@@ -136,10 +140,7 @@ class MultiScaleDeformableAttention(nn.Module):
         m, lvl, p = self.num_heads, self.num_levels, self.num_points
         z_q = query if query_pos is None else query + query_pos
 
-        value = self.value_proj(value)
-        if key_padding_mask is not None:
-            value = value.masked_fill(key_padding_mask[..., None], 0.0)
-        value = value.view(n, value.shape[1], m, self.embed_dim // m)
+        value = project_heads(self.value_proj, value, key_padding_mask, m)
 
         offsets = self.sampling_offsets(z_q).view(n, lq, m, lvl, p, 2)
         weights = self.attention_weights(z_q).view(n, lq, m, lvl * p).softmax(-1)

@@ -8,20 +8,10 @@ import sys
 from PIL import Image
 from pycocotools.coco import COCO
 
-ROOT = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 1)[0]
-TINY = [
-    "model.embed_dim=64",
-    "model.position_embedding.num_pos_feats=32",
-    "model.encoder.feedforward_dim=128",
-    "model.encoder.low_feedforward_dim=64",
-    "model.decoder.feedforward_dim=128",
-    "model.decoder.num_layers=2",
-    "model.num_queries=30",
-    "model.select_box_nums_for_evaluation=30",
-    "model.denoising.num_dn_queries=10",
-    "dataloader.train.num_workers=0",
+from .conftest import ROOT, TINY_MODEL
+
+TINY = TINY_MODEL + [
     "dataloader.train.total_batch_size=2",
-    "dataloader.test.num_workers=0",
     "train.log_period=1",
     "train.eval_period=15",
     "train.checkpointer.period=15",

@@ -16,24 +16,7 @@ from detectron2.evaluation import inference_on_dataset
 from lite_detr.data import register_shapes
 from lite_detr.engine import load_config
 
-ROOT = os.path.dirname(os.path.abspath(__file__)).rsplit(os.sep, 1)[0]
-SHAPES_CFG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
-# a small Lite-DINO (same structure) on 128 px images, fast enough for CPU tests
-TINY = [
-    "model.embed_dim=64",
-    "model.position_embedding.num_pos_feats=32",
-    "model.encoder.feedforward_dim=128",
-    "model.encoder.low_feedforward_dim=64",
-    "model.decoder.feedforward_dim=128",
-    "model.decoder.num_layers=2",
-    "model.num_queries=30",
-    "model.select_box_nums_for_evaluation=30",
-    "model.denoising.num_dn_queries=10",
-    "dataloader.train.mapper.augmentation.1.short_edge_length=[128]",
-    "dataloader.test.mapper.augmentation.0.short_edge_length=128",
-    "dataloader.train.num_workers=0",
-    "dataloader.test.num_workers=0",
-]
+from .conftest import ROOT, SHAPES_CFG, TINY
 
 
 @pytest.fixture(scope="module")

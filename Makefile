@@ -14,7 +14,7 @@ PY_SOURCES := lite_detr tests tools configs projects benchmarks train_net.py set
 CLANG_SOURCES := $(shell find ops -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 export MAX_JOBS ?= 2
 
-.PHONY: install test lint format demo cuda-check clean-build check-tools
+.PHONY: install test lint format demo cuda-check gpu-check clean-build check-tools
 
 install: $(STAMPS)/package
 
@@ -77,6 +77,17 @@ cuda-check: install
 
 demo: install
 	$(PY) tools/run_demo.py
+
+# On a CUDA machine: build the CUDA kernels, run the op tests, benchmark ops, training and
+# inference, and write one report (tools/gpu_check.py). Elsewhere: says so and does nothing.
+# GPU_PY=python3 uses an existing Python with torch and detectron2 instead of .venv (no install).
+GPU_REPORT ?= output/gpu_check.md
+gpu-check:
+	@if ! nvidia-smi -L >/dev/null 2>&1; then \
+	  echo "gpu-check: no NVIDIA GPU on this machine (nvidia-smi finds none); nothing to check."; \
+	  exit 0; fi; \
+	if [ -n "$(GPU_PY)" ]; then $(GPU_PY) tools/gpu_check.py --output $(GPU_REPORT); \
+	else $(MAKE) --no-print-directory install && $(PY) tools/gpu_check.py --output $(GPU_REPORT); fi
 
 clean-build:
 	rm -rf build lite_detr/_C*.so *.egg-info $(STAMPS)/package

@@ -234,8 +234,8 @@ def main():
             (cf, cb), (rf, rb) = t["compiled"], t["reference"]
             (cmf, cmb), (rmf, rmb) = memory[name][op]["compiled"], memory[name][op]["reference"]
             print(
-                f"{name + f' (Lq={Lq})':<24.24} {op:<10} | {cf:9.1f} {rf:9.1f} {rf / cf:6.1f} | "
-                f"{cb:9.1f} {rb:9.1f} {rb / cb:6.1f} | {cmf:9.1f} {rmf:9.1f} "
+                f"{name + f' (Lq={Lq})':<24.24} {op:<10} | {cf:9.2f} {rf:9.2f} {rf / cf:6.1f} | "
+                f"{cb:9.2f} {rb:9.2f} {rb / cb:6.1f} | {cmf:9.1f} {rmf:9.1f} "
                 f"{100 * cmf / rmf:6.1f} | {cmb:9.1f} {rmb:9.1f} {100 * cmb / rmb:6.1f}",
                 flush=True,
             )

@@ -1,5 +1,6 @@
 // Schemas of the lite_detr ops and the input checks shared by their CPU and CUDA kernels.
 #include "ms_deform_attn.h"
+#include "sampling.h"
 
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -84,20 +85,25 @@ void check_inputs(const char* op, const at::Tensor& value, const at::Tensor& spa
 
 void check_levels_host(const char* op, const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index) {
-  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK(spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu(), op,
+              ": check_levels_host needs the level tensors on the CPU");
+  const int64_t L = spatial_shapes.size(0), S = value.size(1);
   const int64_t* shapes = spatial_shapes.data_ptr<int64_t>();
   const int64_t* starts = level_start_index.data_ptr<int64_t>();
-  int64_t total = 0;
+  int64_t total = 0;  // <= S throughout: level_fits is checked before adding
   for (int64_t l = 0; l < L; ++l) {
-    TORCH_CHECK(shapes[2 * l] > 0 && shapes[2 * l + 1] > 0, op,
-                ": spatial_shapes must hold positive (H, W), got (", shapes[2 * l], ", ",
-                shapes[2 * l + 1], ") at level ", l);
+    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+    TORCH_CHECK(H > 0 && W > 0, op, ": spatial_shapes must hold positive (H, W), got (", H, ", ", W,
+                ") at level ", l);
     TORCH_CHECK(starts[l] == total, op, ": level_start_index[", l, "] is ", starts[l],
                 " but spatial_shapes put level ", l, " at ", total);
-    total += shapes[2 * l] * shapes[2 * l + 1];
+    TORCH_CHECK(level_fits(H, W, total, S), op, ": level ", l, " of spatial_shapes, (H, W) = (", H,
+                ", ", W, ") starting at token ", total, ", does not fit in the S = ", S,
+                " tokens of value");
+    total += H * W;
   }
-  TORCH_CHECK(total == value.size(1), op, ": sum of H*W over spatial_shapes is ", total,
-              " but value has S = ", value.size(1), " tokens");
+  TORCH_CHECK(total == S, op, ": sum of H*W over spatial_shapes is ", total,
+              " but value has S = ", S, " tokens");
 }
 
 void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& value,

@@ -160,8 +160,12 @@ def _check_inputs(
     if dims["L"][0] == 0:
         raise ValueError("spatial_shapes must hold at least one level, got shape (0, 2)")
 
-    if torch.compiler.is_compiling():
-        return  # the value checks below need host data; eager runs check them
+    if torch.compiler.is_compiling() or spatial_shapes.device.type != "cpu":
+        # The value checks below read the level tensors on the host. On CUDA that would
+        # synchronise with the GPU on every call, so they are left to the kernels, which never
+        # read outside value (a level that does not fit samples nothing); the C++ CPU entry
+        # points check them again on every path, compiled ones included.
+        return
     shapes = spatial_shapes.tolist()
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")

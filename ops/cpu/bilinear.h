@@ -1,54 +1,13 @@
-// Bilinear sampling helpers of the CPU kernels: grid_sample(align_corners=False,
-// padding_mode="zeros") semantics, and channel loops written to auto-vectorise.
+// Channel loops of the CPU kernels, written to auto-vectorise; the sampling rules themselves
+// (BilinearPoint, bilinear_setup, level_at) are shared with the CUDA kernels in sampling.h.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
+
+#include "sampling.h"
 
 namespace lite_detr {
 namespace cpu {
-
-// The four corners of one sampling point on an H x W map.
-template <typename acc_t>
-struct BilinearPoint {
-  int64_t token[4];  // y * W + x inside the level, -1 when the corner lies outside the map
-  acc_t w[4];        // interpolation weights
-  acc_t dw_dx[4];    // derivatives of w w.r.t. the pixel coordinates
-  acc_t dw_dy[4];
-};
-
-// Fills `b` for the normalised location (loc_x, loc_y); returns false when no corner can
-// contribute to the value or its gradient: outside the map, NaN or Inf.
-template <typename acc_t>
-inline bool bilinear_setup(acc_t loc_x, acc_t loc_y, int64_t H, int64_t W,
-                           BilinearPoint<acc_t>& b) {
-  // pixel centres at (i + 0.5) / size, as grid_sample with align_corners=False
-  const acc_t x = loc_x * static_cast<acc_t>(W) - acc_t(0.5);
-  const acc_t y = loc_y * static_cast<acc_t>(H) - acc_t(0.5);
-  // x == -1 still has a corner (x = 0) with zero weight but a non-zero derivative
-  if (!(x >= acc_t(-1) && x < static_cast<acc_t>(W) && y >= acc_t(-1) &&
-        y < static_cast<acc_t>(H))) {
-    return false;  // comparisons with NaN are false
-  }
-  // x, y >= -1 here, so truncating x + 1 is floor(x) + 1 (and cheaper than std::floor)
-  const int64_t x0 = static_cast<int64_t>(x + acc_t(1)) - 1;
-  const int64_t y0 = static_cast<int64_t>(y + acc_t(1)) - 1;
-  const acc_t fx = static_cast<acc_t>(x0), fy = static_cast<acc_t>(y0);
-  const acc_t lx = x - fx, ly = y - fy, hx = acc_t(1) - lx, hy = acc_t(1) - ly;
-  const int64_t xs[4] = {x0, x0 + 1, x0, x0 + 1};
-  const int64_t ys[4] = {y0, y0, y0 + 1, y0 + 1};
-  const acc_t w[4] = {hy * hx, hy * lx, ly * hx, ly * lx};
-  const acc_t dx[4] = {-hy, hy, -ly, ly};
-  const acc_t dy[4] = {-hx, -lx, hx, lx};
-  for (int c = 0; c < 4; ++c) {
-    const bool inside = xs[c] >= 0 && xs[c] < W && ys[c] >= 0 && ys[c] < H;
-    b.token[c] = inside ? ys[c] * W + xs[c] : -1;
-    b.w[c] = w[c];
-    b.dw_dx[c] = dx[c];
-    b.dw_dy[c] = dy[c];
-  }
-  return true;
-}
 
 // The rows of the four corners of `b` in a level whose token 0 is `level` (tokens `row` apart) and
 // their weights; corners outside the map read `zeros` with weight 0, so the channel loops below

@@ -22,8 +22,6 @@ namespace lite_detr {
 namespace {
 
 using cpu::axpy;
-using cpu::bilinear_setup;
-using cpu::BilinearPoint;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dot;
@@ -53,8 +51,9 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
         const int64_t qm = nq * M + m;
         // corners of every point first, with prefetches, so the gathers below overlap
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const scalar_t* level = value + ((n * S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, S);
+          const int64_t H = lv.H, W = lv.W;
+          const scalar_t* level = value + ((n * S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
@@ -99,8 +98,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
         }
         // corners of every point first, with prefetches, so the memory accesses below overlap
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const int64_t offset = ((n * S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, S);
+          const int64_t H = lv.H, W = lv.W;
+          const int64_t offset = ((n * S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             valid[j] =
@@ -111,8 +111,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
           }
         }
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const int64_t offset = ((n * S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, S);
+          const int64_t H = lv.H, W = lv.W;
+          const int64_t offset = ((n * S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             if (!valid[j]) {

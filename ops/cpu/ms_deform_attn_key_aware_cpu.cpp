@@ -31,8 +31,6 @@ namespace lite_detr {
 namespace {
 
 using cpu::axpy;
-using cpu::bilinear_setup;
-using cpu::BilinearPoint;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dot;
@@ -81,8 +79,9 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
         }
         // corners of every point first, with prefetches, so the gathers below overlap
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, s.S);
+          const int64_t H = lv.H, W = lv.W;
+          const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             if (!bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, b)) {
@@ -156,8 +155,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
         }
         // corners of every point first, with prefetches, so the memory accesses below overlap
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, s.S);
+          const int64_t H = lv.H, W = lv.W;
+          const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             valid[j] =
@@ -173,7 +173,7 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
         // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
         acc_t g_dot_out = 0;
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          const int64_t offset = ((n * s.S + level_at(shapes, starts, l, s.S).start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p;
             acc_t* vj = v.data() + j * D;
@@ -196,8 +196,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scal
         // pass 2: logit gradients ds_j, grad_q, scatter into grad_value / grad_key, grad_loc
         std::fill(grad_q.begin(), grad_q.end(), acc_t(0));
         for (int64_t l = 0; l < L; ++l) {
-          const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-          const int64_t offset = ((n * s.S + starts[l]) * M + m) * D;
+          const Level lv = level_at(shapes, starts, l, s.S);
+          const int64_t H = lv.H, W = lv.W;
+          const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
             if (!valid[j]) {

@@ -19,8 +19,6 @@
 namespace lite_detr {
 namespace {
 
-using cuda::bilinear_setup;
-using cuda::BilinearPoint;
 using cuda::kThreadsPerBlock;
 using cuda::kWarpSize;
 using cuda::warp_sum;
@@ -50,8 +48,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ value,
     const int64_t d = d0 + lane;
     acc_t acc = 0;
     for (int64_t l = 0; l < s.L; ++l) {
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const int64_t offset = ((n * s.S + starts[l]) * s.M + m) * s.D + d;
+      const Level lv = level_at(shapes, starts, l, s.S);
+      const int64_t H = lv.H, W = lv.W;
+      const int64_t offset = ((n * s.S + lv.start) * s.M + m) * s.D + d;
       for (int64_t p = 0; p < s.P; ++p) {
         const int64_t i = (qm * s.L + l) * s.P + p;
         BilinearPoint<acc_t> b;
@@ -88,8 +87,9 @@ __global__ void backward_kernel(
   const int lane = threadIdx.x % kWarpSize;
   const int64_t n = qm / (s.Lq * s.M), m = qm % s.M, row = s.M * s.D;
   for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    const int64_t offset = ((n * s.S + starts[l]) * s.M + m) * s.D;
+    const Level lv = level_at(shapes, starts, l, s.S);
+    const int64_t H = lv.H, W = lv.W;
+    const int64_t offset = ((n * s.S + lv.start) * s.M + m) * s.D;
     for (int64_t p = 0; p < s.P; ++p) {
       const int64_t i = (qm * s.L + l) * s.P + p;
       BilinearPoint<acc_t> b;

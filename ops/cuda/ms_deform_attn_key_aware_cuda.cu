@@ -25,8 +25,6 @@
 namespace lite_detr {
 namespace {
 
-using cuda::bilinear_setup;
-using cuda::BilinearPoint;
 using cuda::exp_;
 using cuda::kThreadsPerBlock;
 using cuda::kWarpSize;
@@ -90,8 +88,9 @@ __global__ void forward_kernel(const scalar_t* __restrict__ query,
   acc_t running_max = -std::numeric_limits<acc_t>::infinity(), running_sum = 0;
   acc_t* logits = attn + qm * LP;
   for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    const int64_t offset = ((n * s.S + starts[l]) * s.M + m) * s.D;
+    const Level lv = level_at(shapes, starts, l, s.S);
+    const int64_t H = lv.H, W = lv.W;
+    const int64_t offset = ((n * s.S + lv.start) * s.M + m) * s.D;
     for (int64_t p = 0; p < s.P; ++p) {
       const int64_t j = l * s.P + p, i_loc = qm * LP + j;
       BilinearPoint<acc_t> b;
@@ -166,8 +165,9 @@ __global__ void backward_kernel(
   // pass 1: g.out = sum_j a_j g.v_j
   acc_t g_dot_out = 0;
   for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    const int64_t offset = ((n * s.S + starts[l]) * s.M + m) * s.D;
+    const Level lv = level_at(shapes, starts, l, s.S);
+    const int64_t H = lv.H, W = lv.W;
+    const int64_t offset = ((n * s.S + lv.start) * s.M + m) * s.D;
     for (int64_t p = 0; p < s.P; ++p) {
       const int64_t j = l * s.P + p, i_loc = qm * LP + j;
       BilinearPoint<acc_t> b;
@@ -185,8 +185,9 @@ __global__ void backward_kernel(
   }
   // pass 2: logit gradients, scatter, location gradients
   for (int64_t l = 0; l < s.L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    const int64_t offset = ((n * s.S + starts[l]) * s.M + m) * s.D;
+    const Level lv = level_at(shapes, starts, l, s.S);
+    const int64_t H = lv.H, W = lv.W;
+    const int64_t offset = ((n * s.S + lv.start) * s.M + m) * s.D;
     for (int64_t p = 0; p < s.P; ++p) {
       const int64_t j = l * s.P + p, i_loc = qm * LP + j;
       BilinearPoint<acc_t> b;

@@ -530,6 +530,68 @@ def test_compiled_op_checks_its_inputs():
         back(out[:, :1], inp.query, inp.value, None, *inp.standard()[1:4], attn)
 
 
+HOSTILE_INT = st.one_of(
+    st.integers(-3, 40),
+    st.sampled_from([-(2**63), -(2**32), 2**31, 2**32, 2**62, 2**63 - 1]),
+)
+
+
+def call_raw_op(op, inp, shapes, starts, backward):
+    if op == "standard":
+        args = (inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights)
+        out = torch.ops.lite_detr.ms_deform_attn(*args)
+        if backward:
+            torch.ops.lite_detr.ms_deform_attn_backward(out, *args)
+    else:
+        args = (inp.query, inp.value, inp.key, shapes, starts, inp.sampling_locations)
+        out, attn = torch.ops.lite_detr.ms_deform_attn_key_aware(*args)
+        if backward:
+            torch.ops.lite_detr.ms_deform_attn_key_aware_backward(out, *args, attn)
+    return out
+
+
+@needs_compiled
+@settings(max_examples=150, deadline=None)
+@given(
+    levels=st.lists(st.tuples(HOSTILE_INT, HOSTILE_INT, HOSTILE_INT), min_size=1, max_size=3),
+    loc=st.sampled_from([0.5, -1e30, 1e30, float("nan"), float("inf")]),
+    op=st.sampled_from(["standard", "key_aware"]),
+    backward=st.booleans(),
+)
+def test_raw_ops_survive_hostile_levels(levels, loc, op, backward):
+    """The raw ops (no Python checks) with any int64 shapes and offsets, including products that
+    overflow int64: either a clear RuntimeError or, when the levels are consistent, an output;
+    never a crash (a crash fails the whole test run)."""
+    L = len(levels)
+    inp = make_inputs(shapes=((4, 5),) * L, D=3, dtype=torch.float32)
+    inp.sampling_locations[..., 0, :] = loc
+    shapes = torch.tensor([[h, w] for h, w, _ in levels], dtype=torch.int64)
+    starts = torch.tensor([s for _, _, s in levels], dtype=torch.int64)
+    try:
+        out = call_raw_op(op, inp, shapes, starts, backward)
+    except RuntimeError as e:
+        assert "lite_detr::ms_deform_attn" in str(e)
+    else:
+        assert int((shapes[:, 0] * shapes[:, 1]).sum()) == inp.value.shape[1]
+        assert out.shape == (inp.value.shape[0], inp.sampling_locations.shape[1], 2 * 3)
+
+
+@needs_compiled
+def test_overflowing_level_sizes_are_refused_on_every_path():
+    """H*W overflowing int64 once wrapped past the size check and read out of bounds."""
+    inp = make_inputs(shapes=((4, 5), (3, 4)), D=3, dtype=torch.float32)
+    shapes = torch.tensor([[4, 5], [2**32, 2**32]])
+    starts = torch.tensor([0, 20])
+    with pytest.raises(RuntimeError, match=r"level 1 of spatial_shapes, \(H, W\) = \(4294967296"):
+        call_raw_op("standard", inp, shapes, starts, backward=False)
+    with pytest.raises(ValueError, match="sum of H\\*W over spatial_shapes"):
+        ms_deform_attn(inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights)
+    # compiled, the Python value checks are traced away: the C++ check still refuses
+    compiled = torch.compile(ms_deform_attn, backend="aot_eager", fullgraph=True)
+    with pytest.raises(RuntimeError, match="does not fit in the S = 32 tokens of value"):
+        compiled(inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights)
+
+
 # ---------------------------------------------------------------------------------------------
 # Randomized shapes
 # ---------------------------------------------------------------------------------------------

@@ -249,9 +249,12 @@ def main():
         return 0
 
     props, env = gpu_summary()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:  # no git
+        commit = ""
     report = [
         f"# GPU check: {props.name}\n",
         f"`make gpu-check`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit "

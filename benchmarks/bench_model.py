@@ -175,18 +175,26 @@ def main():
         )
 
     base = results[keys[0]]
+    unit, scale = ("ms", 1e3) if args.device == "cuda" else ("s", 1.0)  # GPU times are short
     header = (
-        "| model | encoder | GFLOPs | enc GFLOPs | backbone s | encoder s | decoder s | total s |"
+        f"| model | encoder | GFLOPs | enc GFLOPs | backbone {unit} | encoder {unit} "
+        f"| decoder {unit} | total {unit} |"
     )
     print("\n" + header + " enc ratio | total ratio |")
     print("|" + "---|" * 10)
     for label, key in zip(labels, keys):
-        print(format_row(label, results[key], base))
+        print(format_row(label, results[key], base, scale))
 
 
-def format_row(label, row, base):
+def format_row(label, row, base, scale=1.0):
+    """One table row; times are multiplied by ``scale`` (1e3 for milliseconds)."""
+
     def cell(key, fmt):
-        return fmt.format(row[key]) if key in row else "-"
+        if key not in row:
+            return "-"
+        return fmt.format(
+            row[key] * (scale if key in ("backbone", "encoder", "decoder", "total") else 1)
+        )
 
     def ratio(key):
         return f"{row[key] / base[key]:.2f}" if base and key in row and key in base else "-"

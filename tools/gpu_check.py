@@ -21,6 +21,7 @@ It writes one markdown report (``--output``) and prints it. Without a CUDA GPU i
 """
 
 import argparse
+import importlib.util
 import os
 import re
 import statistics
@@ -37,8 +38,12 @@ LIMITS = {"build": 200, "tests": 100, "ops": 45, "train": 75, "latency": 45}
 TRAIN_CONFIG = "projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_12ep.py"
 
 
-def run(cmd, limit, env=None):
-    """(return code or None on timeout, seconds, combined output) of a command run in ROOT."""
+LOG_DIR = None  # set by main(): each step's whole output goes to gpu_check_<step>.log there
+
+
+def run(cmd, limit, env=None, log=None):
+    """(return code or None on timeout, seconds, combined output) of a command run in ROOT; the
+    output is also written to ``gpu_check_<log>.log`` beside the report."""
     start = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -54,6 +59,9 @@ def run(cmd, limit, env=None):
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
         code, out = None, out + f"\n[gpu_check] stopped after the step's limit of {limit} s"
+    if log and LOG_DIR:
+        with open(os.path.join(LOG_DIR, f"gpu_check_{log}.log"), "w") as f:
+            f.write(" ".join(cmd) + "\n\n" + out)
     return code, time.perf_counter() - start, out
 
 
@@ -95,7 +103,7 @@ def step_build(props):
         "MAX_JOBS": os.environ.get("MAX_JOBS", str(os.cpu_count() or 2)),
     }
     code, secs, out = run(
-        [sys.executable, "setup.py", "build_ext", "--inplace"], LIMITS["build"], env
+        [sys.executable, "setup.py", "build_ext", "--inplace"], LIMITS["build"], env, "build"
     )
     if code == 0:
         probe = "from lite_detr.ops import compiled_ops_available as a; print(a('cuda'))"
@@ -109,8 +117,10 @@ def step_build(props):
 def step_tests(props):
     with tempfile.TemporaryDirectory() as tmp:
         xml = os.path.join(tmp, "junit.xml")
-        cmd = [sys.executable, "-m", "pytest", "tests/ops", "-q", "-p", "no:cacheprovider"]
-        code, secs, out = run(cmd + ["-rfEs", f"--junitxml={xml}"], LIMITS["tests"])
+        cmd = [sys.executable, "-m", "pytest", "tests/ops", "-v", "-p", "no:cacheprovider"]
+        if importlib.util.find_spec("xdist"):  # 4 workers: faster, and a crash ends one worker
+            cmd += ["-n", "4"]
+        code, secs, out = run(cmd + ["-rfEs", f"--junitxml={xml}"], LIMITS["tests"], log="tests")
         counts, cuda_cases = {}, 0
         if os.path.exists(xml):
             suite = ET.parse(xml).getroot()
@@ -124,19 +134,32 @@ def step_tests(props):
         else f"no result in {secs:.0f} s"
     )
     failed = [line for line in out.splitlines() if line.startswith(("FAILED", "ERROR", "SKIPPED"))]
-    detail = fenced("\n".join(failed[:40]) + "\n" + tail(out, 3)) if failed or code else ""
+    lines = out.splitlines()
+    crashed = [
+        "\n".join(lines[i : i + 25]) for i, line in enumerate(lines) if "Fatal Python" in line
+    ][:1]
+    crashed += [line for line in lines if "node down" in line or "crashed" in line][:10]
+    last = [
+        line for line in out.splitlines() if "::" in line and ("PASSED" in line or "FAILED" in line)
+    ]
+    detail = "\n".join(
+        failed[:40]
+        + crashed
+        + (["last test reported: " + last[-1]] if last and code and not counts else [])
+    )
+    detail = fenced(detail + "\n" + tail(out, 3)) if failed or code else ""
     return code, secs, summary, detail
 
 
 def step_ops(props):
     cmd = [sys.executable, "benchmarks/bench_ops.py", "--device", "cuda", "--reps", "20"]
-    code, secs, out = run(cmd, LIMITS["ops"])
+    code, secs, out = run(cmd, LIMITS["ops"], log="ops")
     return code, secs, f"{secs:.0f} s", fenced(tail(out, 12))
 
 
 def step_train(props):
     cmd = [sys.executable, os.path.abspath(__file__), "--train-benchmark"]
-    code, secs, out = run(cmd, LIMITS["train"])
+    code, secs, out = run(cmd, LIMITS["train"], log="train")
     result = re.findall(r"^TRAIN (.*)$", out, flags=re.M)
     summary = result[-1] if result and code == 0 else f"failed after {secs:.0f} s"
     return code, secs, summary, "" if code == 0 else fenced(tail(out, 30))
@@ -157,7 +180,7 @@ def step_latency(props):
         "--warmup",
         "3",
     ]
-    code, secs, out = run(cmd, LIMITS["latency"])
+    code, secs, out = run(cmd, LIMITS["latency"], log="latency")
     table = [line for line in out.splitlines() if line.startswith("|")]
     detail = fenced("\n".join(table)) if code == 0 and table else fenced(tail(out, 30))
     return code, secs, f"{secs:.0f} s", detail
@@ -248,6 +271,9 @@ def main():
         )
         return 0
 
+    global LOG_DIR
+    LOG_DIR = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(LOG_DIR, exist_ok=True)
     props, env = gpu_summary()
     try:
         commit = subprocess.run(

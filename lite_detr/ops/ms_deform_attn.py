@@ -183,6 +183,20 @@ def _check_inputs(
         )
 
 
+def _float32_under_autocast(*tensors):
+    """Under ``torch.autocast`` the ops run in float32, whatever the dtypes autocast gave their
+    inputs (e.g. float16 values from a linear layer beside float32 sampling locations): normalised
+    locations need float32's precision (a float16 location is off by up to 0.3 px on a 160-px
+    map), and the op is cheap next to the layers around it. Outside autocast, inputs keep their
+    dtype and must agree."""
+    ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if ref is None or not torch.is_autocast_enabled(ref.device.type):
+        return tensors
+    return tuple(
+        t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors
+    )
+
+
 def _use_compiled(device_type: str) -> bool:
     if compiled_ops_available(device_type):
         return True
@@ -210,7 +224,7 @@ def ms_deform_attn(
     contribute zero) and returns the ``attention_weights``-weighted sum over levels and points.
     Points with NaN/Inf coordinates contribute zero and get a zero gradient.
     Differentiable w.r.t. ``value``, ``sampling_locations`` and ``attention_weights``.
-    Non-contiguous inputs are copied.
+    Non-contiguous inputs are copied. Under ``torch.autocast`` it computes in float32.
 
     Args:
         value (Tensor): (N, S, M, D), S = sum_l H_l * W_l, levels flattened fine-to-coarse.
@@ -222,6 +236,9 @@ def ms_deform_attn(
     Returns:
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
+    value, sampling_locations, attention_weights = _float32_under_autocast(
+        value, sampling_locations, attention_weights
+    )
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if not _use_compiled(value.device.type):
         return ms_deform_attn_reference(
@@ -251,7 +268,8 @@ def ms_deform_attn_key_aware(
     are a softmax over all L * P points of (q . k) / sqrt(D), per query and head. The compiled
     kernel never materialises the (N, Lq, M, L * P, D) sampled tensors. Sampling semantics as in
     :func:`ms_deform_attn`. Differentiable w.r.t. ``query``, ``value``, ``key`` and
-    ``sampling_locations``. Non-contiguous inputs are copied.
+    ``sampling_locations``. Non-contiguous inputs are copied. Under ``torch.autocast`` it
+    computes in float32.
 
     Args:
         query (Tensor): (N, Lq, M, D), already projected per head.
@@ -264,6 +282,9 @@ def ms_deform_attn_key_aware(
     Returns:
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
+    query, value, sampling_locations, key = _float32_under_autocast(
+        query, value, sampling_locations, key
+    )
     _check_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, query=query, key=key
     )

@@ -1,6 +1,7 @@
 """Tests of lite_detr.ops: compiled kernels vs the pure-PyTorch references, gradients, edge cases,
 torch.library integration, determinism and input checks. CUDA tests skip without a GPU."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -698,3 +699,22 @@ def test_cuda_opcheck_and_large_head_dim(op, with_key):
         torch.library.opcheck(
             torch.ops.lite_detr.ms_deform_attn_key_aware.default, args[:2] + (key,) + args[2:-1]
         )
+
+
+@pytest.mark.parametrize("op,with_key", OPS)
+def test_autocast_computes_in_float32(op, with_key):
+    """Under autocast, bfloat16 values beside float32 locations (what autocast's linear layers
+    give the attention) are accepted and computed in float32."""
+    inp = make_inputs(dtype=torch.float32)
+    low = dataclasses.replace(inp)
+    low.value = inp.value.bfloat16()
+    low.query = inp.query.bfloat16()
+    fn = ms_deform_attn if op == "standard" else ms_deform_attn_key_aware
+    args = low.standard() if op == "standard" else low.key_aware(with_key)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fn(*args)
+    expected_args = tuple(a.float() if a.is_floating_point() else a for a in args)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, fn(*expected_args))
+    with pytest.raises(TypeError, match="must have dtype torch.bfloat16"):
+        fn(*args)  # outside autocast the dtypes must agree

@@ -134,3 +134,18 @@ def test_overfits_one_image(build_tiny, make_input):
         best = int(sel.scores.argmax())
         iou = box_iou(sel.pred_boxes.tensor[best : best + 1], box[None]).item()
         assert iou > 0.5, (cls, iou, sel.pred_boxes.tensor[best])
+
+
+@pytest.mark.parametrize("name", ["dino_r50", "lite_dino_r50"])
+def test_trains_under_autocast(build_tiny, make_input, name):
+    """Mixed precision (train.amp): autocast hands the attention float16/bfloat16 values beside
+    float32 sampling locations; the ops run in float32 and the step gives finite gradients."""
+    model = build_tiny(name).train()
+    batch = [make_input(96, 128, [[10, 12, 60, 70]], [0])]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

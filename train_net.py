@@ -14,10 +14,12 @@ configs too), plus ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_em
 import logging
 import sys
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+import torch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
 
 from lite_detr.engine import ConfigError, check_config, do_eval_only, do_train, load_config
+from lite_detr.engine.launch import DistributedLaunchError, launch_checked
 
 logger = logging.getLogger("detectron2")
 
@@ -26,6 +28,9 @@ def main(args):
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, eval_only=args.eval_only)  # before default_setup writes to output_dir
     default_setup(cfg, args)
+    if comm.get_local_size() > 1 and torch.device(cfg.train.device).type == "cpu":
+        # CPU ranks of one machine share its cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
     if args.eval_only:
         ret = do_eval_only(cfg)
         if comm.is_main_process():
@@ -43,14 +48,8 @@ def _one_line(e: BaseException) -> str:
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     try:
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except (ConfigError, FloatingPointError, OSError) as e:
+        device = load_config(args.config_file, args.opts).train.device
+        launch_checked(main, args, device)
+    except (ConfigError, DistributedLaunchError, FloatingPointError, OSError) as e:
         print(f"train_net.py: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

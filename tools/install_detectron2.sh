@@ -17,9 +17,26 @@ PY="${1:-python}"
 SDIST_NAME="pb1-detectron2-0.6.tar.gz"
 SDIST_SHA256="5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 
+REINSTALL=()
 if "$PY" -c "import detectron2" 2>/dev/null; then
-    echo "[install_detectron2] detectron2 already importable: $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))'); leaving it alone."
-    exit 0
+    # an earlier install by this script without fix 7 below is brought up to date; any other
+    # detectron2 (from GitHub, or an own build) is left alone
+    if "$PY" - <<'EOF'
+import importlib.metadata as md, inspect, sys
+try:
+    md.distribution("pb1-detectron2")
+except md.PackageNotFoundError:
+    sys.exit(0)
+import importlib
+launch = importlib.import_module("detectron2.engine.launch")
+sys.exit(0 if "gloo" in inspect.getsource(launch._distributed_worker).lower() else 1)
+EOF
+    then
+        echo "[install_detectron2] detectron2 already importable: $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))'); leaving it alone."
+        exit 0
+    fi
+    echo "[install_detectron2] the installed pb1-detectron2 lacks the CPU (gloo) launch fix: re-installing it with all fixes."
+    REINSTALL=(--force-reinstall --no-deps)
 fi
 if ! "$PY" -c "import torch" 2>/dev/null; then
     echo "[install_detectron2] error: torch must be installed first (detectron2's setup.py imports it)." >&2
@@ -138,12 +155,30 @@ edit("detectron2/data/transforms/transform.py", "interp=Image.LINEAR", "interp=I
 #    clashes with the project's formatter; any current black works.
 edit("setup.py", '"black==21.4b2",', '"black",')
 
+# 7. detectron2 0.6's launch() asserts CUDA; its main branch starts CPU processes with gloo when
+#    there is no GPU (multi-process and multi-machine training on CPUs). Same here.
+launch_py = "detectron2/engine/launch.py"
+edit(
+    launch_py,
+    '    assert torch.cuda.is_available(), "cuda is not available. Please check your installation."\n',
+    "    has_gpu = torch.cuda.is_available()\n",
+)
+edit(launch_py, 'backend="NCCL",', 'backend="NCCL" if has_gpu else "GLOO",')
+edit(
+    launch_py,
+    "    assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+    "    torch.cuda.set_device(local_rank)\n",
+    "    if has_gpu:\n"
+    "        assert num_gpus_per_machine <= torch.cuda.device_count()\n"
+    "        torch.cuda.set_device(local_rank)\n",
+)
+
 print("[install_detectron2] applied fixes:")
 for c in changes:
     print("  -", c)
 EOF
 
-"$PY" -m pip install --no-build-isolation "$src"
+"$PY" -m pip install --no-build-isolation "${REINSTALL[@]}" "$src"
 if [[ -n "${D2_KEEP_SRC:-}" ]]; then
     rm -rf "$D2_KEEP_SRC" && mkdir -p "$(dirname "$D2_KEEP_SRC")" && cp -r "$src" "$D2_KEEP_SRC"
     echo "[install_detectron2] patched source kept in $D2_KEEP_SRC"

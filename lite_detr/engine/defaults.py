@@ -220,7 +220,7 @@ def do_eval_only(cfg: DictConfig):
     """Load ``train.init_checkpoint`` (its EMA weights if ``train.model_ema.enabled``) and test."""
     model = instantiate(cfg.model)
     model.to(cfg.train.device)
-    model = create_ddp_model(model)
+    model = create_ddp_model(model, **ddp_kwargs(cfg))
     checkpointer = build_checkpointer(model)
     path = cfg.train.init_checkpoint
     extra = _load_checkpoint(lambda: checkpointer.load(path), path) or {}
@@ -233,6 +233,15 @@ def do_eval_only(cfg: DictConfig):
             with apply_ema_weights(model, ema["state"]):
                 return do_test(cfg, model)
     return do_test(cfg, model)
+
+
+def ddp_kwargs(cfg: DictConfig) -> dict:
+    """``create_ddp_model`` arguments: ``train.ddp``, and no ``device_ids`` on the CPU (detectron2
+    passes the local GPU index, which DistributedDataParallel refuses for a CPU model)."""
+    kwargs = dict(cfg.train.ddp)
+    if torch.device(cfg.train.device).type == "cpu":
+        kwargs.setdefault("device_ids", None)
+    return kwargs
 
 
 def do_train(args, cfg: DictConfig):
@@ -251,7 +260,7 @@ def do_train(args, cfg: DictConfig):
     optim = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(model, **ddp_kwargs(cfg))
     clip = cfg.train.get("clip_grad", {})
     amp = cfg.train.get("amp", {})
     trainer = LiteDetrTrainer(

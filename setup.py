@@ -38,15 +38,21 @@ def build_with_cuda() -> bool:
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
-def get_extensions():
+# our compiler flags; ops/cuda_check.py compiles the CUDA sources with these too
+CXX_FLAGS = ["-O3", "-fopenmp"]
+NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
+def get_extensions(with_cuda: bool | None = None):
+    """The ``lite_detr._C`` extension; ``with_cuda`` None decides as :func:`build_with_cuda`."""
     sources = _sources("ops/*.cpp", "ops/cpu/*.cpp")
     if not sources:
         sys.exit("lite_detr: no C++ sources found under ops/; the checkout is incomplete.")
-    extra_compile_args = {"cxx": ["-O3", "-fopenmp"]}
+    extra_compile_args = {"cxx": list(CXX_FLAGS)}
     extra_link_args = ["-fopenmp"]
-    if build_with_cuda():
+    if build_with_cuda() if with_cuda is None else with_cuda:
         sources += _sources("ops/cuda/*.cu", "ops/cuda/*.cpp")
-        extra_compile_args["nvcc"] = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        extra_compile_args["nvcc"] = list(NVCC_FLAGS)
         return [
             CUDAExtension(
                 "lite_detr._C",
@@ -83,23 +89,24 @@ class ReportingBuildExtension(BuildExtension):
             raise
 
 
-setup(
-    name="lite_detr",
-    version="0.1.0",
-    description="Lite DETR (interleaved multi-scale encoder + key-aware deformable attention) "
-    "for Detectron2",
-    python_requires=">=3.9",
-    packages=find_packages(include=["lite_detr", "lite_detr.*"]),
-    ext_modules=get_extensions(),
-    cmdclass={"build_ext": ReportingBuildExtension.with_options(use_ninja=True)},
-    install_requires=[
-        "fvcore>=0.1.5",
-        "pycocotools>=2.0.2",
-        "numpy",
-        "scipy",
-        "opencv-python-headless",
-        "tqdm",
-        "matplotlib",
-    ],
-    zip_safe=False,
-)
+if __name__ == "__main__":  # pip and setuptools run this file as __main__
+    setup(
+        name="lite_detr",
+        version="0.1.0",
+        description="Lite DETR (interleaved multi-scale encoder + key-aware deformable attention) "
+        "for Detectron2",
+        python_requires=">=3.9",
+        packages=find_packages(include=["lite_detr", "lite_detr.*"]),
+        ext_modules=get_extensions(),
+        cmdclass={"build_ext": ReportingBuildExtension.with_options(use_ninja=True)},
+        install_requires=[
+            "fvcore>=0.1.5",
+            "pycocotools>=2.0.2",
+            "numpy",
+            "scipy",
+            "opencv-python-headless",
+            "tqdm",
+            "matplotlib",
+        ],
+        zip_safe=False,
+    )

@@ -1,16 +1,19 @@
 #!/usr/bin/env python
 """Compile the CUDA sources of ``lite_detr._C`` with nvcc, without a GPU (``make cuda-check``).
 
-Each ``ops/cuda/*.cu`` is compiled to an object file in a temporary directory with the flags
-``setup.py`` uses for a CUDA build (torch include paths, ``-DWITH_CUDA``, the arch list of
-``TORCH_CUDA_ARCH_LIST``, default "9.0"). Nothing is linked or installed. Exits non-zero, with the
-compiler's output, when a source fails to compile, or when nvcc prints a warning about our sources.
+Each ``ops/cuda/*.cu`` is compiled to an object file in a temporary directory with the flags of
+a ``setup.py`` CUDA build: the extension's own nvcc flags, macros and include directories, read
+from ``setup.get_extensions(with_cuda=True)``, and those torch's ``BuildExtension`` adds (include
+paths, common nvcc flags, the arch list of ``TORCH_CUDA_ARCH_LIST``, default "9.0"). Nothing is
+linked or installed. Exits non-zero, with the compiler's output, when a source fails to compile,
+or when nvcc prints a warning about our sources.
 
     CUDA_HOME=/usr/local/cuda TORCH_CUDA_ARCH_LIST=9.0 python ops/cuda_check.py [-j JOBS]
 """
 
 import argparse
 import glob
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,6 +23,19 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 OPS = os.path.dirname(os.path.abspath(__file__))
+
+
+def extension_flags():
+    """(nvcc flags, -D macros, include dirs) of the CUDA extension that setup.py builds."""
+    path = os.path.join(os.path.dirname(OPS), "setup.py")
+    spec = importlib.util.spec_from_file_location("lite_detr_setup", path)
+    setup_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_module)  # defines, does not run setup()
+    (ext,) = setup_module.get_extensions(with_cuda=True)
+    macros = [
+        f"-D{name}" if value is None else f"-D{name}={value}" for name, value in ext.define_macros
+    ]
+    return ext.extra_compile_args["nvcc"], macros, ext.include_dirs
 
 
 def nvcc_command(source: str, output: str):
@@ -33,18 +49,21 @@ def nvcc_command(source: str, output: str):
     nvcc = os.path.join(cuda_home, "bin", "nvcc")
     if not os.path.exists(nvcc):
         nvcc = shutil.which("nvcc") or sys.exit("cuda_check: nvcc not found")
-    includes = cpp_extension.include_paths(device_type="cuda") + [
-        OPS,
-        sysconfig.get_paths()["include"],
-    ]
+    nvcc_flags, macros, own_includes = extension_flags()
+    includes = (
+        cpp_extension.include_paths(device_type="cuda")
+        + own_includes
+        + [sysconfig.get_paths()["include"]]
+    )
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     return (
-        [nvcc, "-c", source, "-o", output, "-std=c++20", "-O2", "-DWITH_CUDA"]
+        [nvcc, "-c", source, "-o", output, "-std=c++20"]
+        + nvcc_flags
+        + macros
         + [f"-I{p}" for p in includes]
         + cpp_extension.COMMON_NVCC_FLAGS
         + cpp_extension._get_cuda_arch_flags()
         + [
-            "--expt-relaxed-constexpr",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
             "-DTORCH_EXTENSION_NAME=_C",
             "--compiler-options",

@@ -57,3 +57,20 @@ def test_install_script_leaves_existing_detectron2_alone():
     )
     assert out.returncode == 0, out.stderr
     assert "already importable" in out.stdout and "leaving it alone" in out.stdout
+
+
+def test_gpu_check_without_a_gpu_says_so_and_does_nothing(tmp_path):
+    """`make gpu-check` / tools/gpu_check.py on a machine without CUDA: one line, exit 0, no
+    build and no report."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    report = tmp_path / "report.md"
+    res = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "gpu_check.py"), "--output", str(report)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().startswith("gpu-check: no CUDA GPU on this machine")
+    assert not report.exists()

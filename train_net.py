@@ -20,6 +20,8 @@ from detectron2.utils import comm
 
 from lite_detr.engine import ConfigError, check_config, do_eval_only, do_train, load_config
 from lite_detr.engine.launch import DistributedLaunchError, launch_checked
+from lite_detr.engine.writers import plain_log_files
+from lite_detr.evaluation import results_table
 
 logger = logging.getLogger("detectron2")
 
@@ -27,14 +29,17 @@ logger = logging.getLogger("detectron2")
 def main(args):
     cfg = load_config(args.config_file, args.opts)
     check_config(cfg, eval_only=args.eval_only)  # before default_setup writes to output_dir
+    plain_log_files(cfg.train.output_dir)  # no colour codes in output_dir/log.txt
     default_setup(cfg, args)
     if comm.get_local_size() > 1 and torch.device(cfg.train.device).type == "cpu":
         # CPU ranks of one machine share its cores
         torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
     if args.eval_only:
         ret = do_eval_only(cfg)
-        if comm.is_main_process():
-            print(ret)
+        if comm.is_main_process() and ret:
+            names = cfg.dataloader.test.dataset.names
+            print(f"Evaluation of {cfg.train.init_checkpoint or 'random weights'} on {names}:")
+            print(results_table(ret))
         return ret
     do_train(args, cfg)
 

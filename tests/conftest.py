@@ -19,7 +19,4 @@ TINY_MODEL = [
     "dataloader.test.num_workers=0",
 ]
 # ... on 128 px images
-TINY = TINY_MODEL + [
-    "dataloader.train.mapper.augmentation.1.short_edge_length=[128]",
-    "dataloader.test.mapper.augmentation.0.short_edge_length=128",
-]
+TINY = TINY_MODEL + ["dataloader.input_size=128"]

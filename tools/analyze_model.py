@@ -27,6 +27,7 @@ from tabulate import tabulate  # noqa: E402
 
 from lite_detr.data import sample_inputs  # noqa: E402
 from lite_detr.engine import ConfigError, load_config  # noqa: E402
+from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
 from lite_detr.evaluation import FlopCountAnalysis  # noqa: E402
 
 logger = logging.getLogger("lite_detr.analyze_model")
@@ -105,12 +106,7 @@ def analyze(
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument(
-        "--tasks",
-        nargs="+",
-        default=["flop", "parameter"],
-        choices=["flop", "parameter", "structure"],
-    )
+    add_tasks_argument(parser, ["flop", "parameter", "structure"], default=["flop", "parameter"])
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
     parser.add_argument("--num-inputs", type=int, default=1, help="images to average FLOPs over")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
@@ -119,6 +115,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    args.opts = args.task_overrides + args.opts  # overrides right after --tasks a b
     setup_logger(name="lite_detr")
     setup_logger(name="fvcore")
     try:

@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 from lite_detr.data import sample_inputs  # noqa: E402
 from lite_detr.engine import ConfigError, check_config, load_config  # noqa: E402
+from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
 
 logger = logging.getLogger("lite_detr.benchmark")
 
@@ -148,9 +149,7 @@ def benchmark(
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument(
-        "--tasks", nargs="+", default=["inference"], choices=["inference", "train", "data"]
-    )
+    add_tasks_argument(parser, ["inference", "train", "data"], default=["inference"])
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=3)
@@ -161,6 +160,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    args.opts = args.task_overrides + args.opts  # overrides right after --tasks a b
     setup_logger(name="lite_detr")
     try:
         cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])

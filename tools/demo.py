@@ -55,7 +55,7 @@ class Predictor:
             except Exception as e:  # e.g. a checkpoint of another encoder variant
                 raise ConfigError(f"Cannot load weights {weights!r}: {e}") from e
         mapper = cfg.dataloader.test.mapper
-        self.augmentation = T.AugmentationList(instantiate(list(mapper.augmentation)))
+        self.augmentation = T.AugmentationList(list(instantiate(mapper.augmentation)))
         self.input_format = mapper.get("image_format", "RGB")
         names = cfg.dataloader.test.dataset.names
         self.metadata = MetadataCatalog.get(names if isinstance(names, str) else names[0])
@@ -70,8 +70,15 @@ class Predictor:
         return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
 
 
-def _filter(instances, threshold: float):
-    return instances[instances.scores >= threshold]
+def _filter(instances, threshold: float, path: str = ""):
+    kept = instances[instances.scores >= threshold]
+    if path and len(kept) == 0:
+        best = f"{float(instances.scores.max()):.3f}" if len(instances) else "none (no boxes)"
+        logger.warning(
+            f"{path}: no detection scored >= {threshold} (best score: {best}); lower "
+            "--confidence-threshold to see more boxes."
+        )
+    return kept
 
 
 def _to_json(instances, class_names: List[str]) -> List[Dict]:
@@ -169,7 +176,7 @@ def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.
             results.extend(_run_video(predictor, path, output, threshold, class_names))
             continue
         rgb = read_rgb(path)
-        inst = _filter(predictor(rgb), threshold)
+        inst = _filter(predictor(rgb), threshold, path)
         vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst)
         out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
         vis.save(out_path)
@@ -202,8 +209,12 @@ def main(argv=None):
             # training configs default to cuda; inference runs anywhere
             logger.warning("No CUDA GPU: running the demo on the CPU.")
             cfg.train.device = "cpu"
-        import lite_detr.data  # noqa: F401  (registers the shapes metadata)
+        from lite_detr.data import DatasetError, prepare_datasets
 
+        try:  # class names (and model.num_classes: null) from the test dataset's json
+            prepare_datasets(cfg, ("test",), check_images=False)
+        except DatasetError as e:
+            raise ConfigError(str(e)) from e
         return run(
             cfg,
             args.weights or cfg.train.init_checkpoint,

@@ -66,17 +66,12 @@ def prepare_data(num_train: int, num_val: int, image_size: int, root: str | None
 
 
 def _overrides(args, dataset: str) -> List[str]:
-    s = args.image_size
-    train_sizes = ",".join(
-        map(str, sorted({int(round(s * f / 32)) * 32 for f in (0.8, 0.9)} | {s}))
-    )
     opts = [
         f"train.output_dir={args.output_dir}",
         "train.device=cpu",
         f"dataloader.train.dataset.names={dataset}_train",
         f"dataloader.test.dataset.names={dataset}_val",
-        f"dataloader.train.mapper.augmentation.1.short_edge_length=[{train_sizes}]",
-        f"dataloader.test.mapper.augmentation.0.short_edge_length={s}",
+        f"dataloader.input_size={args.image_size}",
     ]
     if args.max_iter is not None:
         opts.append(f"train.max_iter={args.max_iter}")

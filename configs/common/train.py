@@ -20,4 +20,7 @@ train = {
     # evaluation and --eval-only use the EMA weights
     "model_ema": {"enabled": False, "decay": 0.9998},
     "seed": -1,
+    # images that are missing, unreadable, truncated or of another size than their annotation
+    # stop the run before training (False), or are skipped with a warning and a count (True)
+    "skip_bad_images": False,
 }

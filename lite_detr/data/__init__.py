@@ -1,10 +1,18 @@
-"""Data: the DETR dataset mapper and the synthetic shapes dataset.
+"""Data: the DETR dataset mapper, COCO-format datasets and their checks, the synthetic shapes.
 
 Importing this package registers ``shapes_train`` and ``shapes_val`` (generated lazily, on
 first use, under ``$DETECTRON2_DATASETS/shapes``).
 """
 
-from .dataset_mapper import DetrDatasetMapper, build_detr_augmentation
+from .dataset_mapper import DetrDatasetMapper, build_detr_augmentation, build_resize_augmentation
+from .datasets.coco_check import DatasetError, check_coco_json
+from .datasets.coco_format import (
+    dataset_names,
+    prepare_datasets,
+    register_coco_format,
+    register_config_datasets,
+    unregistered_message,
+)
 from .datasets.coco_json import load_coco_detection_json
 from .datasets.shapes import (
     SHAPES_CLASSES,
@@ -18,6 +26,14 @@ from .sample_inputs import sample_inputs
 __all__ = [
     "DetrDatasetMapper",
     "build_detr_augmentation",
+    "build_resize_augmentation",
+    "DatasetError",
+    "check_coco_json",
+    "dataset_names",
+    "prepare_datasets",
+    "register_coco_format",
+    "register_config_datasets",
+    "unregistered_message",
     "load_coco_detection_json",
     "SHAPES_CLASSES",
     "ensure_shapes_dataset",

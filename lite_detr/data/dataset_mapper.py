@@ -10,9 +10,13 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["DetrDatasetMapper", "build_detr_augmentation"]
+__all__ = ["DetrDatasetMapper", "build_detr_augmentation", "build_resize_augmentation"]
 
 logger = logging.getLogger(__name__)
+
+
+def _scaled(sizes, factor: float) -> List[int]:
+    return [max(1, int(round(s * factor))) for s in sizes]
 
 
 def build_detr_augmentation(
@@ -21,6 +25,7 @@ def build_detr_augmentation(
     crop_resize_sizes=(400, 500, 600),
     crop_size=(384, 600),
     with_crop: bool = False,
+    input_size: int | None = None,
 ) -> List[T.Augmentation]:
     """
     The DETR training augmentation (Carion et al. 2020, Sec. A.4), used by Deformable DETR/DINO.
@@ -29,7 +34,16 @@ def build_detr_augmentation(
     (long side <= ``max_size``). With crop: flip, resize the short side to one of
     ``crop_resize_sizes``, take a random crop of size in ``crop_size`` (absolute range), then the
     multi-scale resize. :class:`DetrDatasetMapper` picks one of the two lists per image at random.
+
+    ``input_size`` (the test-time short side, 800 for the sizes above) scales every size by
+    ``input_size / 800``: ``input_size=512`` trains on short sides 307..512, long side <= 853.
     """
+    if input_size is not None:
+        factor = input_size / 800
+        min_sizes, crop_resize_sizes = _scaled(min_sizes, factor), _scaled(
+            crop_resize_sizes, factor
+        )
+        (max_size,), crop_size = _scaled([max_size], factor), _scaled(crop_size, factor)
     flip = T.RandomFlip(horizontal=True)
     resize = T.ResizeShortestEdge(
         short_edge_length=list(min_sizes), max_size=max_size, sample_style="choice"
@@ -42,6 +56,31 @@ def build_detr_augmentation(
         T.RandomCrop(crop_type="absolute_range", crop_size=tuple(crop_size)),
         resize,
     ]
+
+
+def build_resize_augmentation(
+    input_size: int,
+    max_size_ratio: float = 5 / 3,
+    scales=(1.0,),
+    flip: bool = False,
+) -> List[T.Augmentation]:
+    """
+    Resize the short side to ``input_size`` times one of ``scales`` (long side at most
+    ``max_size_ratio * input_size``), after a random horizontal flip if ``flip``.
+
+    One ``input_size`` sets training (``scales=(0.8, 0.9, 1.0), flip=True``) and test
+    (``scales=(1.0,)``) resolution together: ``dataloader.input_size=512`` in the configs.
+    """
+    augs: List[T.Augmentation] = [T.RandomFlip(horizontal=True)] if flip else []
+    sizes = _scaled(scales, input_size)
+    (max_size,) = _scaled([max_size_ratio], input_size)
+    if len(sizes) == 1:
+        augs.append(T.ResizeShortestEdge(short_edge_length=sizes[0], max_size=max_size))
+    else:
+        augs.append(
+            T.ResizeShortestEdge(short_edge_length=sizes, max_size=max_size, sample_style="choice")
+        )
+    return augs
 
 
 class DetrDatasetMapper:

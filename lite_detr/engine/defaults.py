@@ -15,7 +15,7 @@ from typing import List
 
 import torch
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import default_writers, hooks
+from detectron2.engine import hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..checkpoint import LiteDetrCheckpointer
 from .ema import EMAHook, apply_ema_weights
 from .train_loop import LiteDetrTrainer
+from .writers import EarlyPeriodicWriter, build_writers
 
 __all__ = [
     "ConfigError",
@@ -69,6 +70,12 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
         cfg = LazyConfig.apply_overrides(cfg, overrides or [])
     except Exception as e:  # hydra's parser errors have no common base class
         raise ConfigError(f"Cannot apply overrides {overrides}: {e}") from e
+    from ..data import DatasetError, register_config_datasets
+
+    try:
+        register_config_datasets(cfg)  # the ``datasets`` node: COCO-format files named by overrides
+    except DatasetError as e:
+        raise ConfigError(str(e)) from e
     return cfg
 
 
@@ -114,14 +121,6 @@ def _locate(name: str):
     return locate(name)
 
 
-def _dataset_names(loader_cfg) -> List[str]:
-    dataset = loader_cfg.get("dataset") if OmegaConf.is_dict(loader_cfg) else None
-    if not OmegaConf.is_dict(dataset) or "names" not in dataset:
-        return []
-    names = dataset.names
-    return [names] if isinstance(names, str) else list(names)
-
-
 def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     """
     Fail fast, before ``default_setup`` writes into the output directory, on a config that
@@ -130,7 +129,7 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     """
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    import lite_detr.data  # noqa: F401  (registers shapes_train / shapes_val)
+    from ..data import DatasetError, dataset_names, prepare_datasets, unregistered_message
 
     for key in ("model", "train", "dataloader"):
         if key not in cfg:
@@ -150,15 +149,9 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     for split in loaders:
         if split not in cfg.dataloader:
             raise ConfigError(f"The config has no dataloader.{split}.")
-        for name in _dataset_names(cfg.dataloader[split]):
+        for name in dataset_names(cfg.dataloader[split]):
             if name not in registered:
-                close = difflib.get_close_matches(name, sorted(registered), n=3)
-                raise ConfigError(
-                    f"Dataset {name!r} (dataloader.{split}.dataset.names) is not registered. "
-                    f"Similar registered names: {close or 'none'}. Register it (e.g. "
-                    "detectron2.data.datasets.register_coco_instances) or set "
-                    f"$DETECTRON2_DATASETS to the folder that holds it."
-                )
+                raise ConfigError(unregistered_message(cfg, name, split))
             meta = MetadataCatalog.get(name)
             json_file = meta.get("json_file")
             lazy = meta.get("generate_on_first_use", False)
@@ -168,6 +161,12 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
                     f"annotations {json_file} do not exist: download the dataset (see detectron2's "
                     "datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
                 )
+    try:  # annotations and images checked, model.num_classes reconciled with the json
+        prepare_datasets(
+            cfg, loaders, check_images=True, skip_bad_images=cfg.train.get("skip_bad_images", False)
+        )
+    except DatasetError as e:
+        raise ConfigError(str(e)) from e
     ckpt = cfg.train.get("init_checkpoint", "")
     if ckpt and "://" not in ckpt and not os.path.isfile(ckpt):
         raise ConfigError(
@@ -253,7 +252,6 @@ def do_train(args, cfg: DictConfig):
         the trainer, after training (its ``storage`` holds the last metrics).
     """
     model = instantiate(cfg.model)
-    logger.info(f"Model:\n{model}")
     model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
@@ -294,8 +292,8 @@ def do_train(args, cfg: DictConfig):
             ),
             hooks.EvalHook(cfg.train.eval_period, _eval),
             (
-                hooks.PeriodicWriter(
-                    default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                EarlyPeriodicWriter(
+                    build_writers(cfg.train.output_dir, cfg.train.max_iter),
                     period=cfg.train.log_period,
                 )
                 if comm.is_main_process()

@@ -5,7 +5,7 @@ import logging
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 
-__all__ = ["COCOEvaluator", "has_fast_coco_eval"]
+__all__ = ["COCOEvaluator", "has_fast_coco_eval", "results_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +71,21 @@ class COCOEvaluator(_D2COCOEvaluator):
             use_fast_impl=use_fast_impl,
             **kwargs,
         )
+
+
+SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def results_table(results) -> str:
+    """
+    Evaluation results (``{task: {metric: value}}``, as ``inference_on_dataset`` returns) as one
+    readable table per task: the COCO summary metrics (per-class AP is logged by the evaluator).
+    A metric the dataset cannot give (no boxes of that size) shows as ``nan``.
+    """
+    from detectron2.utils.logger import create_small_table
+
+    parts = []
+    for task, metrics in results.items():
+        shown = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics} or dict(metrics)
+        parts.append(f"{task}:\n{create_small_table(shown)}")
+    return "\n".join(parts)

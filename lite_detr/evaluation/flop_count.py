@@ -7,25 +7,13 @@ counts matmuls.
 """
 
 import logging
-from typing import Any, Dict, List
+from typing import Any, Dict
 
-from fvcore.nn.jit_handles import get_shape
-
-from lite_detr.ops.flop_count import FLOP_HANDLES
+from lite_detr.ops.flop_count import FLOP_HANDLES, scaled_dot_product_attention_flop_jit
 
 __all__ = ["LITE_DETR_OP_HANDLES", "FlopCountAnalysis"]
 
 logger = logging.getLogger(__name__)
-
-
-def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """``aten::scaled_dot_product_attention(q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv))``:
-    q k^T and the weighted sum of v (fvcore 0.1.5 has no handle for it)."""
-    q, k, v = (get_shape(x) for x in inputs[:3])
-    batch = 1
-    for s in q[:-2]:
-        batch *= s
-    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
 
 
 # the compiled ops' own handles (lite_detr.ops.flop_count), plus the decoder's self-attention
@@ -35,6 +23,10 @@ LITE_DETR_OP_HANDLES: Dict[str, Any] = {
 }
 
 
+def _zero_flops(inputs, outputs) -> int:
+    return 0
+
+
 def FlopCountAnalysis(model, inputs, with_lite_detr_ops: bool = True):
     """
     detectron2's ``FlopCountAnalysis`` (list[dict] inputs) with the ``lite_detr`` op handles.
@@ -42,11 +34,14 @@ def FlopCountAnalysis(model, inputs, with_lite_detr_ops: bool = True):
     Args:
         model (nn.Module): a detectron2-style model taking list[dict].
         inputs (list[dict]): model inputs ("image" CHW tensor, ...).
-        with_lite_detr_ops (bool): register the handles (False reproduces plain fvcore).
+        with_lite_detr_ops (bool): count our ops; False counts them as zero, as fvcore did
+            before ``lite_detr.ops`` added them to its default handles.
     """
     from detectron2.utils.analysis import FlopCountAnalysis as _D2FlopCountAnalysis
 
     flops = _D2FlopCountAnalysis(model, inputs)
     if with_lite_detr_ops:
         flops.set_op_handle(**LITE_DETR_OP_HANDLES)
+    else:  # (a None handle would not override a default one)
+        flops.set_op_handle(**dict.fromkeys(LITE_DETR_OP_HANDLES, _zero_flops))
     return flops

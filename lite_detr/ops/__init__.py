@@ -4,6 +4,7 @@ Multi-scale deformable sampling ops: the standard one (Deformable DETR) and the 
 """
 
 from . import reference
+from .flop_count import register_default_flop_handles
 from .ms_deform_attn import (
     compiled_ops_available,
     compiled_ops_load_error,
@@ -18,3 +19,5 @@ __all__ = [
     "compiled_ops_load_error",
     "reference",
 ]
+
+register_default_flop_handles()  # plain fvcore / detectron2 FlopCountAnalysis count our ops

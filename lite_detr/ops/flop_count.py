@@ -1,6 +1,9 @@
 """fvcore FLOP handles of the compiled ops, so ``FlopCountAnalysis`` counts them.
 
-Usage::
+Importing ``lite_detr.ops`` (which building any of our models does) adds these handles and one
+for ``aten::scaled_dot_product_attention`` to fvcore's defaults, so a plain fvcore or detectron2
+``FlopCountAnalysis(model, inputs)`` counts them with no handles passed. They can also be given
+by hand::
 
     from lite_detr.ops.flop_count import FLOP_HANDLES
     flops = FlopCountAnalysis(model, inputs).set_op_handle(**FLOP_HANDLES)
@@ -19,7 +22,13 @@ from typing import Any, List
 
 from fvcore.nn.jit_handles import get_shape
 
-__all__ = ["FLOP_HANDLES", "ms_deform_attn_flop_jit", "ms_deform_attn_key_aware_flop_jit"]
+__all__ = [
+    "FLOP_HANDLES",
+    "ms_deform_attn_flop_jit",
+    "ms_deform_attn_key_aware_flop_jit",
+    "scaled_dot_product_attention_flop_jit",
+    "register_default_flop_handles",
+]
 
 
 def _points_times_channels(value: Any, locations: Any) -> int:
@@ -44,3 +53,30 @@ FLOP_HANDLES = {
     "lite_detr::ms_deform_attn": ms_deform_attn_flop_jit,
     "lite_detr::ms_deform_attn_key_aware": ms_deform_attn_key_aware_flop_jit,
 }
+
+
+def scaled_dot_product_attention_flop_jit(inputs: List[Any], outputs: List[Any]) -> Number:
+    """``aten::scaled_dot_product_attention(q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv))``:
+    q k^T and the weighted sum of v (fvcore 0.1.5 has no handle for it)."""
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for s in q[:-2]:
+        batch *= s
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
+def register_default_flop_handles() -> None:
+    """
+    Add our handles to fvcore's default ones (``fvcore.nn.flop_count._DEFAULT_SUPPORTED_OPS``,
+    which every ``FlopCountAnalysis``, detectron2's included, starts from). fvcore offers no
+    public registry, so its module dict is extended; a handle fvcore has already is kept.
+    """
+    import importlib
+
+    # the module, not the function that `fvcore.nn.flop_count` names after `import fvcore.nn`
+    defaults = importlib.import_module("fvcore.nn.flop_count")._DEFAULT_SUPPORTED_OPS
+    for name, handle in {
+        **FLOP_HANDLES,
+        "aten::scaled_dot_product_attention": scaled_dot_product_attention_flop_jit,
+    }.items():
+        defaults.setdefault(name, handle)

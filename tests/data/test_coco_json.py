@@ -31,7 +31,9 @@ def test_loads_with_contiguous_ids(tmp_path):
 
 def test_unknown_category_names_image_and_annotation(tmp_path):
     path = _write(tmp_path, [_ann(1), _ann(42, cat=3)])
-    with pytest.raises(ValueError, match=r"'a.jpg'.*annotation id 42.*unknown category_id 3"):
+    with pytest.raises(
+        ValueError, match=r"annotation id 42 \(image id 7, 'a.jpg'\).*category_id 3"
+    ):
         load_coco_detection_json(path, "/root")
 
 
@@ -40,10 +42,10 @@ def test_unknown_category_names_image_and_annotation(tmp_path):
 )
 def test_degenerate_box_names_image_and_annotation(tmp_path, bbox):
     path = _write(tmp_path, [_ann(9, bbox=bbox)])
-    with pytest.raises(ValueError, match=r"'a.jpg'.*annotation id 9"):
+    with pytest.raises(ValueError, match=r"annotation id 9 \(image id 7, 'a.jpg'\)"):
         load_coco_detection_json(path, "/root")
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    with pytest.raises(ValueError, match="nope.json does not exist"):
         load_coco_detection_json(str(tmp_path / "nope.json"), "/root")

@@ -95,8 +95,7 @@ def toy_cfg(tiny_shapes, tmp_path):
     cfg.dataloader.test.dataset.names = f"{tiny_shapes}_val"
     cfg.dataloader.train.num_workers = 0
     cfg.dataloader.test.num_workers = 0
-    for mapper in (cfg.dataloader.train.mapper, cfg.dataloader.test.mapper):
-        mapper.augmentation[-1].short_edge_length = 128 if mapper.is_train is False else (96, 128)
+    cfg.dataloader.input_size = 128
     cfg.train.update(
         output_dir=str(tmp_path / "out"),
         device="cpu",

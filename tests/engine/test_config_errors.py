@@ -27,11 +27,11 @@ def test_valid_overrides_apply():
         [
             "train.max_iter=7",
             "model.encoder.num_blocks=2",  # an existing LazyCall argument
-            "dataloader.test.mapper.augmentation.0.short_edge_length=256",  # a list index
+            "optimizer.betas.1=0.99",  # a list index
         ],
     )
     assert cfg.train.max_iter == 7 and cfg.model.encoder.num_blocks == 2
-    assert cfg.dataloader.test.mapper.augmentation[0].short_edge_length == 256
+    assert cfg.optimizer.betas[1] == 0.99
 
 
 def test_override_of_lazycall_argument_not_in_config_is_checked_against_signature():

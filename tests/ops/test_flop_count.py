@@ -58,3 +58,30 @@ def test_traced_op_is_counted_like_the_reference(fn, ref_fn, key_aware, with_key
     ref_total, ref_by_op = count(Sampler(ref_fn, key_aware, with_key))
     assert "grid_sampler" in ref_by_op
     assert ref_total == total == expected
+
+
+
+@pytest.mark.skipif(not compiled_ops_available(), reason="lite_detr._C is not built")
+def test_plain_fvcore_counts_our_ops_and_sdpa_without_handles():
+    """Importing lite_detr.ops made our handles fvcore defaults: none passed by hand."""
+    import torch.nn.functional as F
+
+    L = len(SHAPES)
+    inputs = (
+        torch.randn(N, Lq, M, D),
+        torch.randn(N, 26, M, D),
+        torch.rand(N, Lq, M, L, P, 2),
+        torch.rand(N, Lq, M, L, P),
+    )
+    module = Sampler(ms_deform_attn_key_aware, key_aware=True)
+    plain = FlopCountAnalysis(module, inputs).unsupported_ops_warnings(False)
+    assert plain.total() == count(module)[0] > 0
+    assert not [op for op in plain.unsupported_ops() if op.startswith("lite_detr::")]
+
+    class SDPA(nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.rand(2, 4, 10, 8), torch.rand(2, 4, 6, 8), torch.rand(2, 4, 6, 8)
+    flops = FlopCountAnalysis(SDPA(), (q, k, v)).unsupported_ops_warnings(False)
+    assert flops.total() == 2 * 4 * 10 * 6 * (8 + 8)

@@ -1,3 +1,4 @@
+import pytest
 from detectron2.config import instantiate
 
 from lite_detr.data import sample_inputs
@@ -23,6 +24,21 @@ def test_flops_count_our_ops_and_report_encoder_row():
     assert with_ops[""] >= sum(v for k, v in with_ops.items() if k)
     table = analyze_model.flop_table(model, with_ops)
     assert "| encoder" in table and "| total" in table
+    # a user's own detectron2 FlopCountAnalysis, no handles passed, counts the same
+    from detectron2.utils.analysis import FlopCountAnalysis
+
+    plain = FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False)
+    assert plain.by_module()["model.encoder"] == with_ops["encoder"]
+
+
+def test_overrides_may_follow_tasks(tools_data, capsys):
+    analyze_model = load_tool("analyze_model")
+    args = ["--config-file", SHAPES_CFG, "--tasks", "parameter", *TINY, *tools_data]
+    ret = analyze_model.main(args)
+    assert ret["params"][""] > 0 and "flops" not in ret
+    with pytest.raises(SystemExit):
+        analyze_model.main(["--config-file", SHAPES_CFG, "--tasks", "parameter", "flops"])
+    assert "invalid choice: 'flops'" in capsys.readouterr().err
 
 
 def test_analyze_tasks_and_dataset_fallback(tools_data):

@@ -14,3 +14,10 @@ def test_benchmark_inference_train_data(tools_data):
     assert inf["fps"] > 0 and inf["peak_memory_mb"] > 0 and inf["runs"] == 2
     assert ret["train"]["median_s"] > 0 and ret["train"]["batch_size"] == 2
     assert ret["data"]["images_per_s"] > 0
+
+
+def test_overrides_may_follow_tasks(tools_data):
+    benchmark = load_tool("benchmark")
+    args = ["--config-file", SHAPES_CFG, "--iters", "1", "--tasks", "data", *TINY, *tools_data]
+    ret = benchmark.main(args)
+    assert set(ret) == {"data"} and ret["data"]["batches"] == 1

@@ -2,6 +2,8 @@
 
 Training: random flip, then either a multi-scale resize (short side 480..800, long side <= 1333)
 or, with probability 0.5, resize to 400/500/600 + random crop 384..600 + the multi-scale resize.
+Test: short side 800, long side <= 1333. ``dataloader.input_size=512`` scales all of these sizes
+by 512 / 800 (one override for train and test resolution).
 """
 
 from detectron2.config import LazyCall as L
@@ -10,20 +12,29 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.data import transforms as T
 from omegaconf import OmegaConf
 
-from lite_detr.data import DetrDatasetMapper, build_detr_augmentation
+from lite_detr.data import DetrDatasetMapper, build_detr_augmentation, build_resize_augmentation
 from lite_detr.evaluation import COCOEvaluator
 
+# COCO-format data of your own instead of COCO: datasets.train.json_file=... and
+# datasets.train.image_root=... (same for val) register the files under these names
+datasets = {
+    "train": {"name": "coco_2017_train", "json_file": "", "image_root": ""},
+    "val": {"name": "coco_2017_val", "json_file": "", "image_root": ""},
+}
+
 dataloader = OmegaConf.create()
+dataloader.input_size = 800  # test short side; training sizes scale with it
 
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_train"),
+    dataset=L(get_detection_dataset_dicts)(names="${datasets.train.name}"),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
-        augmentation=L(build_detr_augmentation)(with_crop=False),
-        augmentation_with_crop=L(build_detr_augmentation)(with_crop=True),
+        augmentation=L(build_detr_augmentation)(with_crop=False, input_size="${....input_size}"),
+        augmentation_with_crop=L(build_detr_augmentation)(
+            with_crop=True, input_size="${....input_size}"
+        ),
         image_format="RGB",
     ),
     total_batch_size=16,
@@ -31,10 +42,12 @@ dataloader.train = L(build_detection_train_loader)(
 )
 
 dataloader.test = L(build_detection_test_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
+    dataset=L(get_detection_dataset_dicts)(names="${datasets.val.name}", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         is_train=False,
-        augmentation=[L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333)],
+        augmentation=L(build_resize_augmentation)(
+            input_size="${....input_size}", max_size_ratio=1333 / 800
+        ),
         image_format="RGB",
     ),
     num_workers=4,

@@ -2,7 +2,7 @@
 Lite-Deformable-DETR (paper: 46.8 AP))."""
 
 from ....configs.common.coco_schedule import lr_multiplier_50ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
+from ....configs.common.data.coco_detr import dataloader, datasets
 from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 from .models.deformable_detr_r50 import model

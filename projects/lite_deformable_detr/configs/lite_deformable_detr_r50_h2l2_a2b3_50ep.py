@@ -3,6 +3,7 @@
 from .lite_deformable_detr_r50_h3l1_a2b3_50ep import (
     baseline_encoder,
     dataloader,
+    datasets,
     lr_multiplier,
     model,
     optimizer,

@@ -4,6 +4,7 @@ from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
 from .lite_deformable_detr_r50_h3l1_a2b3_50ep import (
     baseline_encoder,
     dataloader,
+    datasets,
     model,
     optimizer,
     train,

@@ -4,7 +4,13 @@ Data, optimizer (lr 2e-4), schedule and ImageNet weights of the baseline,
 ``deformable_detr_r50_two_stage_50ep.py``.
 """
 
-from .deformable_detr_r50_two_stage_50ep import dataloader, lr_multiplier, optimizer, train
+from .deformable_detr_r50_two_stage_50ep import (
+    dataloader,
+    datasets,
+    lr_multiplier,
+    optimizer,
+    train,
+)
 from .models.lite_deformable_detr_r50 import baseline_encoder, model
 
 train.output_dir = "./output/lite_deformable_detr_r50_h3l1_a2b3_50ep"

@@ -1,7 +1,7 @@
 """DINO-4scale R50, 12 epochs on COCO (the baseline of Lite-DINO)."""
 
 from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
+from ....configs.common.data.coco_detr import dataloader, datasets
 from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 from .models.dino_r50 import model

@@ -18,7 +18,7 @@ from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from ....configs.common.data.shapes import dataloader
 from ....configs.common.train import train
-from .models.lite_dino_r50 import model
+from .models.lite_dino_r50 import baseline_encoder, model
 
 # backbone: ResNet-18 trained from scratch, so BatchNorm is trained and nothing is frozen
 model.backbone.stages.depth = 18
@@ -41,6 +41,10 @@ model.encoder.num_high_levels = 3
 model.encoder.num_heads = 4
 model.encoder.feedforward_dim = 512
 model.encoder.low_feedforward_dim = 128
+
+# the 6-layer deformable encoder, for ``'model.encoder=${baseline_encoder}'``, at this size
+baseline_encoder.num_heads = 4
+baseline_encoder.feedforward_dim = 512
 
 model.decoder.num_layers = 3
 model.decoder.num_heads = 4

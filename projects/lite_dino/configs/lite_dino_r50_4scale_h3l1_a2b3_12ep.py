@@ -1,7 +1,7 @@
 """Lite-DINO-4scale R50, H3L1-(2+1)x3 with KDA, 12 epochs on COCO."""
 
 from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
+from ....configs.common.data.coco_detr import dataloader, datasets
 from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 from .models.lite_dino_r50 import baseline_encoder, model

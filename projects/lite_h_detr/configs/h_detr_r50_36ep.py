@@ -2,7 +2,7 @@
 baseline of Lite-H-DETR)."""
 
 from ....configs.common.coco_schedule import lr_multiplier_36ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader
+from ....configs.common.data.coco_detr import dataloader, datasets
 from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 from .models.h_detr_r50 import model

@@ -13,15 +13,26 @@ configs too), plus ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_em
 
 import logging
 import sys
+import warnings
 
-import torch
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.utils import comm
+# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
+# a warning on every run that no user can act on
+warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
-from lite_detr.engine import ConfigError, check_config, do_eval_only, do_train, load_config
-from lite_detr.engine.launch import DistributedLaunchError, launch_checked
-from lite_detr.engine.writers import plain_log_files
-from lite_detr.evaluation import results_table
+import torch  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from lite_detr.engine import (  # noqa: E402
+    ConfigError,
+    check_config,
+    do_eval_only,
+    do_train,
+    load_config,
+)
+from lite_detr.engine.launch import DistributedLaunchError, launch_checked  # noqa: E402
+from lite_detr.engine.writers import plain_log_files  # noqa: E402
+from lite_detr.evaluation import results_table  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 

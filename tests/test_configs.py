@@ -184,3 +184,29 @@ def test_optimizer_param_groups():
     assert setting[named["level_embeds"]][1] == 0.0
     assert setting[named["tgt_embed.weight"]][1] == 0.0
     assert setting[named["denoising.label_enc.weight"]][1] == 0.0
+
+
+def test_one_override_sets_train_and_test_input_size():
+    from lite_detr.engine import load_config
+
+    for path, size in (
+        ("projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py", 200),
+        ("projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_12ep.py", 400),
+    ):
+        cfg = load_config(os.path.join(ROOT, path), [f"dataloader.input_size={size}"])
+        (test_resize,) = instantiate(cfg.dataloader.test.mapper.augmentation)
+        assert test_resize.short_edge_length == (size, size)
+        train_sizes = instantiate(cfg.dataloader.train.mapper.augmentation)[-1].short_edge_length
+        assert max(train_sizes) == size and min(train_sizes) < size
+
+
+def test_readme_encoder_swap_works_on_the_cpu_config():
+    from lite_detr.engine import load_config
+    from lite_detr.modeling.encoders import DeformableEncoder
+
+    cfg = load_config(
+        os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py"),
+        ["model.encoder=${baseline_encoder}"],
+    )
+    model = instantiate(cfg.model)
+    assert isinstance(model.encoder, DeformableEncoder) and len(model.encoder.layers) == 6

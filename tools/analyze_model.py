@@ -14,10 +14,14 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections import defaultdict
 from typing import Dict, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
+# a warning on every run that no user can act on
+warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import torch  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402

@@ -14,9 +14,13 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
+# a warning on every run that no user can act on
+warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -21,10 +21,14 @@ import logging
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
+# a warning on every run that no user can act on
+warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -16,8 +16,12 @@ import argparse
 import itertools
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
+# a warning on every run that no user can act on
+warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import numpy as np  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402

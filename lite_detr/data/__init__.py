@@ -8,6 +8,7 @@ from .dataset_mapper import DetrDatasetMapper, build_detr_augmentation, build_re
 from .datasets.coco_check import DatasetError, check_coco_json
 from .datasets.coco_format import (
     dataset_names,
+    fill_num_classes,
     prepare_datasets,
     register_coco_format,
     register_config_datasets,
@@ -30,6 +31,7 @@ __all__ = [
     "DatasetError",
     "check_coco_json",
     "dataset_names",
+    "fill_num_classes",
     "prepare_datasets",
     "register_coco_format",
     "register_config_datasets",

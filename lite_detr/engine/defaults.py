@@ -45,7 +45,9 @@ class ConfigError(RuntimeError):
 
 def load_config(config_file: str, overrides: List[str] | None = None) -> DictConfig:
     """
-    Load a LazyConfig file and apply ``key=value`` overrides, rejecting unknown keys.
+    Load a LazyConfig file and apply ``key=value`` overrides, rejecting unknown keys; register
+    the COCO-format files its ``datasets`` node names and fill ``model.num_classes: null`` from
+    their json (``lite_detr.data.fill_num_classes``).
 
     detectron2's ``apply_overrides`` silently adds a key that does not exist, so a typo
     (``train.max_iters=10``) trains with the default. Here a key must exist, or name an argument
@@ -70,10 +72,11 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
         cfg = LazyConfig.apply_overrides(cfg, overrides or [])
     except Exception as e:  # hydra's parser errors have no common base class
         raise ConfigError(f"Cannot apply overrides {overrides}: {e}") from e
-    from ..data import DatasetError, register_config_datasets
+    from ..data import DatasetError, fill_num_classes, register_config_datasets
 
     try:
         register_config_datasets(cfg)  # the ``datasets`` node: COCO-format files named by overrides
+        fill_num_classes(cfg)  # model.num_classes: null -> from the json
     except DatasetError as e:
         raise ConfigError(str(e)) from e
     return cfg

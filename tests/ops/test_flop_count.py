@@ -60,7 +60,6 @@ def test_traced_op_is_counted_like_the_reference(fn, ref_fn, key_aware, with_key
     assert ref_total == total == expected
 
 
-
 @pytest.mark.skipif(not compiled_ops_available(), reason="lite_detr._C is not built")
 def test_plain_fvcore_counts_our_ops_and_sdpa_without_handles():
     """Importing lite_detr.ops made our handles fvcore defaults: none passed by hand."""

@@ -73,3 +73,20 @@ def test_demo_bad_inputs(tmp_path, weights, tools_data, capsys):
         )
     assert e.value.code == 2
     assert "no.pth" in capsys.readouterr().err
+
+
+def test_demo_says_when_nothing_passes_the_threshold(tmp_path, weights, tools_data, caplog):
+    demo = load_tool("demo")
+    image = tmp_path / "a.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        image
+    )
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    best = demo.Predictor(cfg, weights)(demo.read_rgb(str(image))).scores.max().item()
+    (result,) = demo.run(cfg, weights, [str(image)], str(tmp_path / "out"), threshold=1.01)
+    assert result["instances"] == []
+    assert f"no detection scored >= 1.01 (best score: {best:.3f})" in caplog.text
+    # the class names are the dataset's (the shapes)
+    (result,) = demo.run(cfg, weights, [str(image)], str(tmp_path / "out"), threshold=0.0)
+    names = {inst["category"] for inst in result["instances"]}
+    assert names and names <= {"circle", "rectangle", "triangle", "star"}

@@ -28,6 +28,7 @@ __all__ = [
     "prepare_datasets",
     "dataset_names",
     "unregistered_message",
+    "fill_num_classes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,3 +216,22 @@ def prepare_datasets(
                 "model.num_classes=null to take it from the dataset)."
             )
     return classes
+
+
+def fill_num_classes(cfg: DictConfig) -> None:
+    """
+    ``model.num_classes: null`` -> the number of classes of the first dataloader (train, then
+    test) whose datasets are registered; tools that only build the model need no more.
+    """
+    from detectron2.data import DatasetCatalog
+
+    if OmegaConf.select(cfg, "model.num_classes", default=0) is not None:
+        return
+    registered = set(DatasetCatalog.list())
+    for split in ("train", "test"):
+        loader = cfg.get("dataloader", {}).get(split)
+        names = dataset_names(loader) if loader is not None else []
+        if names and all(n in registered for n in names):
+            prepare_datasets(cfg, (split,), check_images=False)
+            return
+    prepare_datasets(cfg, ("train",), check_images=False)  # raises: says what to register

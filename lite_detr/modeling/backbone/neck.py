@@ -11,7 +11,7 @@ __all__ = ["MultiScaleNeck"]
 
 class MultiScaleNeck(nn.Module):
     """
-    The input projection of Deformable DETR and DINO (LITE_DETR.md, sec. 2): each selected
+    The input projection of Deformable DETR and DINO (docs/model.md, section 2): each selected
     backbone map goes through a 1x1 conv + GroupNorm to ``out_channels``; each extra level is a
     3x3 stride-2 conv + GroupNorm, the first on the last *input* feature (C5, not its
     projection), the following ones on the previous extra level. With res3/res4/res5 and

@@ -69,7 +69,7 @@ class DeformableDecoderLayer(nn.Module):
         """
         Args:
             cross_attention: "deformable" (Deformable DETR's MSDA) or "key_aware" (Lite DETR's
-                KDA, LITE_DETR.md section 5; the released Lite-DINO uses it in the decoder too).
+                KDA, docs/model.md section 5; the released Lite-DINO uses it in the decoder too).
         """
         super().__init__()
         if cross_attention not in _CROSS_ATTENTIONS:

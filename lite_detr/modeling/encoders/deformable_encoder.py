@@ -17,7 +17,7 @@ class DeformableEncoder(nn.Module):
     """
     Deformable DETR's multi-scale encoder (Zhu et al., ICLR 2021, sec. 4.1), as used by DINO:
     ``num_layers`` post-norm layers of deformable self-attention over all tokens of all scales.
-    The baseline of Lite DETR (LITE_DETR.md, sec. 1 and 4) and a drop-in replacement for
+    The baseline of Lite DETR (docs/model.md, sections 1 and 4) and a drop-in replacement for
     :class:`InterleavedEncoder`.
     """
 

@@ -215,7 +215,7 @@ class DeformableEncoderLayer(nn.Module):
 
 class JointEncoderLayer(DeformableEncoderLayer):
     """
-    Lite DETR's joint layer (sec. 3.2 of the paper; section 4 of LITE_DETR.md): all tokens are
+    Lite DETR's joint layer (sec. 3.2 of the paper; section 4 of docs/model.md): all tokens are
     queries of one attention, then the low-level tokens F_L go through a light FFN with their own
     norm and the high-level tokens F_H through the wide FFN.
     """

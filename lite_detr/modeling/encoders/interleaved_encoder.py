@@ -17,7 +17,7 @@ __all__ = ["InterleavedEncoder"]
 class InterleavedEncoder(nn.Module):
     """
     The efficient encoder of Lite DETR (Li et al., CVPR 2023, sec. 3.2), variant
-    ``HxLy-(A+1)xB``, with the released code's semantics (LITE_DETR.md, sec. 4).
+    ``HxLy-(A+1)xB``, with the released code's semantics (docs/model.md, section 4).
 
     The tokens are split into low-level F_L (the y = L - x finest scales, the first tokens of the
     fine-to-coarse flattening) and high-level F_H (the x coarsest scales, the rest). Each of the

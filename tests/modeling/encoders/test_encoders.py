@@ -114,7 +114,7 @@ def _record_layers(encoder):
     [(3, 2, 3), (2, 3, 3), (1, 6, 3), (3, 2, 2), (2, 1, 3), (1, 1, 1), (2, 2, 1)],
 )
 def test_interleaved_semantics(blocks, updates, high_levels):
-    """Section 4 of LITE_DETR.md: A*B layers, A-1 high-only then one joint layer per block."""
+    """Section 4 of docs/model.md: A*B layers, A-1 high-only then one joint layer per block."""
     torch.manual_seed(0)
     encoder = InterleavedEncoder(
         num_blocks=blocks,

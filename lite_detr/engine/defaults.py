@@ -6,6 +6,7 @@ hooks) and adds AMP on any device, gradient clipping, EMA and checks that turn b
 clear :class:`ConfigError` before anything is written to ``train.output_dir``.
 """
 
+import copy
 import difflib
 import inspect
 import json
@@ -61,7 +62,7 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
             "Pass an existing path, e.g. projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py."
         )
     try:
-        cfg = LazyConfig.load(config_file)
+        cfg = _load_once(config_file)
     except (SyntaxError, ValueError, ImportError, NameError) as e:
         raise ConfigError(f"Cannot load config {config_file!r}: {type(e).__name__}: {e}") from e
     for override in overrides or []:
@@ -80,6 +81,21 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
     except DatasetError as e:
         raise ConfigError(str(e)) from e
     return cfg
+
+
+_LOADED: dict = {}
+
+
+def _load_once(config_file: str) -> DictConfig:
+    """
+    ``LazyConfig.load``, running a config file once per process (until it changes): a config of
+    the user's that calls ``register_coco_instances`` registers its datasets once, even when
+    ``train_net.py`` loads it again in the process that trains.
+    """
+    key = (os.path.realpath(config_file), os.stat(config_file).st_mtime_ns)
+    if key not in _LOADED:
+        _LOADED[key] = LazyConfig.load(config_file)
+    return copy.deepcopy(_LOADED[key])
 
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:

@@ -126,15 +126,13 @@ def test_user_config_outside_the_repo(tmp_path):
     user_cfg = tmp_path / "elsewhere" / "my_config.py"
     user_cfg.parent.mkdir()
     user_cfg.write_text(textwrap.dedent(f"""
-            from detectron2.data import DatasetCatalog
             from detectron2.data.datasets import register_coco_instances
 
             from lite_detr.model_zoo import get_config
 
             for split in ("train", "val"):
-                if f"outside_{{split}}" not in DatasetCatalog.list():
-                    json_file, images = f"{tmp_path}/{{split}}.json", f"{tmp_path}/{{split}}"
-                    register_coco_instances(f"outside_{{split}}", {{}}, json_file, images)
+                json_file, images = f"{tmp_path}/{{split}}.json", f"{tmp_path}/{{split}}"
+                register_coco_instances(f"outside_{{split}}", {{}}, json_file, images)
 
             cfg = get_config("projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
             model, dataloader, optimizer, lr_multiplier, train = (
@@ -144,6 +142,7 @@ def test_user_config_outside_the_repo(tmp_path):
             dataloader.test.dataset.names = "outside_val"
             model.num_classes = None
             """))
+    load_config(str(user_cfg), [])  # train_net.py loads it twice in one process
     cfg = load_config(str(user_cfg), TINY)
     check_config(cfg)
     assert cfg.model.num_classes == 2

@@ -113,12 +113,12 @@ def test_config_instantiates(path):
             assert 0 < sched(0.0) <= 1 and 0 < sched(0.999) <= 1
         elif name in ("train",):
             assert "max_iter" in node and "output_dir" in node
-    if "optimizer" in cfg or "AdamW" in cfg:
-        node = cfg["optimizer"] if "optimizer" in cfg else cfg["AdamW"]
-        node.params.model = model if model is not None else torch.nn.Linear(2, 2)
-        assert isinstance(instantiate(node), torch.optim.Optimizer)
+    optimizers = [n for n in cfg if n == "optimizer" or n.startswith("AdamW")]
+    for name in optimizers:
+        cfg[name].params.model = model if model is not None else torch.nn.Linear(2, 2)
+        assert isinstance(instantiate(cfg[name]), torch.optim.Optimizer)
     for name in cfg:
-        if name not in ("model", "optimizer", "dataloader", "train") and "_target_" in cfg[name]:
+        if name not in ["model", "dataloader", "train"] + optimizers and "_target_" in cfg[name]:
             if not name.startswith("lr_multiplier"):
                 instantiate(cfg[name])  # e.g. baseline_encoder
 
@@ -167,9 +167,18 @@ def test_experiment_configs_match_their_names(path):
         assert swapped.model.encoder.num_layers == 6
 
 
-def test_optimizer_param_groups():
-    cfg = load("projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_12ep.py")
-    LazyConfig.apply_overrides(cfg, [f"{k}={v}" for k, v in SHRINK.items()])
+@pytest.mark.parametrize(
+    "path,norm_decay",
+    [
+        # the released DINO / Lite-DINO decay every parameter
+        ("projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_12ep.py", 1e-4),
+        ("projects/lite_deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py", 0.0),
+    ],
+)
+def test_optimizer_param_groups(path, norm_decay):
+    cfg = load(path)
+    existing = [f"{k}={v}" for k, v in SHRINK.items() if OmegaConf.select(cfg, k) is not None]
+    LazyConfig.apply_overrides(cfg, existing)
     model = instantiate(cfg.model)
     cfg.optimizer.params.model = model
     opt = instantiate(cfg.optimizer)
@@ -178,12 +187,15 @@ def test_optimizer_param_groups():
         for p in group["params"]:
             setting[p] = (group["lr"], group["weight_decay"])
     named = dict(model.named_parameters())
-    assert setting[named["backbone.res3.0.conv1.weight"]] == (1e-5, 1e-4)
-    assert setting[named["decoder.layers.0.ffn.linear1.weight"]] == (1e-4, 1e-4)
-    assert setting[named["decoder.layers.0.ffn_norm.weight"]][1] == 0.0
-    assert setting[named["level_embeds"]][1] == 0.0
-    assert setting[named["tgt_embed.weight"]][1] == 0.0
-    assert setting[named["denoising.label_enc.weight"]][1] == 0.0
+    lr = cfg.optimizer.lr
+    assert setting[named["backbone.res3.0.conv1.weight"]] == (lr / 10, 1e-4)
+    assert setting[named["decoder.layers.0.ffn.linear1.weight"]] == (lr, 1e-4)
+    assert setting[named["decoder.layers.0.ffn_norm.weight"]][1] == norm_decay
+    assert setting[named["level_embeds"]][1] == norm_decay
+    if "tgt_embed.weight" in named:
+        assert setting[named["tgt_embed.weight"]][1] == norm_decay
+        assert setting[named["denoising.label_enc.weight"]][1] == norm_decay
+
 
 
 def test_one_override_sets_train_and_test_input_size():

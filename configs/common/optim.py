@@ -1,5 +1,9 @@
 """AdamW of the DETR recipe: lr 1e-4, backbone lr 1e-5, weight decay 1e-4, none on norms and
-embeddings. ``optimizer.params.model`` is set to the model before instantiating (train_net)."""
+embeddings (``AdamW``), or on every parameter (``AdamWDecayAll``, as the released DINO and
+Lite-DINO train). ``optimizer.params.model`` is set to the model before instantiating
+(train_net)."""
+
+import copy
 
 import torch
 from detectron2.config import LazyCall as L
@@ -18,3 +22,8 @@ AdamW = L(torch.optim.AdamW)(
     betas=(0.9, 0.999),
     weight_decay=1e-4,
 )
+
+# the released DINO / Lite-DINO give every parameter (norms, embeddings, queries) the weight decay
+AdamWDecayAll = copy.deepcopy(AdamW)
+AdamWDecayAll.params.weight_decay_norm = "${..weight_decay}"
+AdamWDecayAll.params.weight_decay_embed = "${..weight_decay}"

@@ -11,8 +11,9 @@ __all__ = ["PositionEmbeddingSine"]
 class PositionEmbeddingSine(nn.Module):
     """
     The sine/cosine embedding of DETR ("Attention is all you need" generalised to images),
-    computed on the un-padded region of each image, with DINO's ``offset=-0.5`` so that pixel
-    centres, not pixel corners, are embedded.
+    computed on the un-padded region of each image. ``offset=-0.5`` (Deformable DETR's release)
+    embeds pixel centres; the released DINO / Lite-DINO use no offset (``offset=0``, their
+    configs' setting), which their weights need.
     """
 
     def __init__(

@@ -129,7 +129,7 @@ class ContrastiveDenoising(nn.Module):
             boxes = box_xyxy_to_cxcywh(xyxy.clamp(min=0.0, max=1.0))
 
         content = self.label_enc(labels) * valid[..., None]
-        boxes_unsig = inverse_sigmoid(boxes) * valid[..., None]
+        boxes_unsig = inverse_sigmoid(boxes, eps=1e-3) * valid[..., None]  # as the DINO release
         pad_size = num_groups * 2 * max_gt
         content = content.reshape(num_images, pad_size, -1)
         boxes_unsig = boxes_unsig.reshape(num_images, pad_size, 4)

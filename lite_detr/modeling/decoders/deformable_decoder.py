@@ -153,6 +153,7 @@ class DeformableDecoder(nn.Module):
         cross_attention: str = "deformable",
         look_forward_twice: bool = True,
         share_heads: bool = True,
+        inverse_sigmoid_eps: float = 1e-3,
     ):
         """
         Args:
@@ -162,6 +163,10 @@ class DeformableDecoder(nn.Module):
             cross_attention: "deformable" or "key_aware", see :class:`DeformableDecoderLayer`.
             look_forward_twice: DINO's box prediction through the undetached previous reference.
             share_heads: one class head and one box head shared by all layers.
+            inverse_sigmoid_eps: clamp of the boxes before their logit, when a layer refines
+                them: 1e-3 in the released DINO / Lite-DINO, 1e-5 in Deformable DETR's. Boxes
+                nearer than this to 0 or 1 (e.g. a selected border proposal, (1, 1, 1, 1)) get a
+                bounded logit, so the value changes outputs.
         """
         super().__init__()
         if num_layers < 1:
@@ -175,6 +180,7 @@ class DeformableDecoder(nn.Module):
         self.num_classes = num_classes
         self.cross_attention = cross_attention
         self.look_forward_twice = look_forward_twice
+        self.inverse_sigmoid_eps = inverse_sigmoid_eps
         self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.norm = nn.LayerNorm(embed_dim)
 
@@ -247,9 +253,11 @@ class DeformableDecoder(nn.Module):
             hidden = self.norm(output)
             base = prev_reference if self.look_forward_twice else reference
             all_logits.append(self.class_embed[i](hidden))
-            all_boxes.append((self.bbox_embed[i](hidden) + inverse_sigmoid(base)).sigmoid())
+            eps = self.inverse_sigmoid_eps
+            all_boxes.append((self.bbox_embed[i](hidden) + inverse_sigmoid(base, eps)).sigmoid())
             # the next layer's reference comes from the un-normed output, as in DINO's release
-            new_reference = (self.bbox_embed[i](output) + inverse_sigmoid(reference)).sigmoid()
+            delta = self.bbox_embed[i](output)
+            new_reference = (delta + inverse_sigmoid(reference, eps)).sigmoid()
             prev_reference = new_reference
             reference = new_reference.detach()
         return torch.stack(all_logits), torch.stack(all_boxes)
@@ -257,5 +265,6 @@ class DeformableDecoder(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"num_layers={self.num_layers}, cross_attention={self.cross_attention!r}, "
-            f"look_forward_twice={self.look_forward_twice}"
+            f"look_forward_twice={self.look_forward_twice}, "
+            f"inverse_sigmoid_eps={self.inverse_sigmoid_eps}"
         )

@@ -7,9 +7,11 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, detector_postprocess
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
+
+from lite_detr.layers import KeyAwareDeformableAttention, MultiScaleDeformableAttention
 
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..decoders import MLP
@@ -179,11 +181,26 @@ class DINO(nn.Module):
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
-        nn.init.normal_(self.level_embeds)
+        """The initialisation of the released DINO / Lite-DINO (and Deformable DETR): Xavier on
+        every transformer weight with more than one dimension, the content queries included (the
+        release draws them from a normal first, and this pass overrides it), the prediction heads
+        not; then the attention modules' own init (offsets) and a normal level embedding."""
+        heads = {
+            id(p)
+            for head in (self.decoder.class_embed, self.decoder.bbox_embed)
+            for p in head.parameters()
+        }
+        transformer = [self.encoder, self.decoder, self.enc_output]
         if self.learned_content_queries:
-            nn.init.normal_(self.tgt_embed.weight)
-        nn.init.xavier_uniform_(self.enc_output.weight)
-        nn.init.zeros_(self.enc_output.bias)
+            transformer.append(self.tgt_embed)
+        for module in transformer:
+            for p in module.parameters():
+                if p.dim() > 1 and id(p) not in heads:
+                    nn.init.xavier_uniform_(p)
+        for module in self.modules():
+            if isinstance(module, (MultiScaleDeformableAttention, KeyAwareDeformableAttention)):
+                module.init_weights()
+        nn.init.normal_(self.level_embeds)
         # the encoder heads start like the decoder's: prior 0.01, zero box deltas
         nn.init.constant_(self.enc_class_embed.bias, self.decoder.class_embed[0].bias[0].item())
         nn.init.zeros_(self.enc_bbox_embed.layers[-1].weight)
@@ -296,15 +313,16 @@ class DINO(nn.Module):
                 f"{memory.shape[1]} encoder tokens of this input; use fewer queries or larger "
                 "images"
             )
-        output_memory, proposals, valid = gen_encoder_output_proposals(
+        output_memory, proposals, _ = gen_encoder_output_proposals(
             memory, enc["padding_mask"], enc["spatial_shapes"]
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         logits = self.enc_class_embed(output_memory)
         coords_unsig = self.enc_bbox_embed(output_memory) + proposals
-        # padding / border tokens never become queries (their boxes are +inf)
-        scores = logits.max(-1)[0].masked_fill(~valid, float("-inf"))
-        topk = torch.topk(scores, self.num_queries, dim=1)[1]
+        # top-k over every token, as the released DINO / Deformable DETR: padding and border
+        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
+        # (1, 1, 1, 1), which the decoder refines like any other
+        topk = torch.topk(logits.max(-1)[0], self.num_queries, dim=1)[1]
         ref_unsig = torch.gather(coords_unsig, 1, topk[..., None].expand(-1, -1, 4))
         interm = {
             "pred_logits": torch.gather(
@@ -464,7 +482,12 @@ class DINO(nn.Module):
     def inference(
         self, outputs: Dict[str, Tensor], images: ImageList, batched_inputs: List[Dict]
     ) -> List[Dict[str, Instances]]:
-        """Top-k (query, class) pairs per image -> Instances in the requested output size."""
+        """Top-k (query, class) pairs per image -> Instances in the requested output size.
+
+        As the released DINO's post-processing: sigmoid scores, top-k over all (query, class)
+        pairs, normalised boxes scaled straight to the output size; no NMS, no clipping to the
+        image and no removal of empty boxes (detectron2's ``detector_postprocess`` would do both).
+        """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         n, q, k = logits.shape
         num = min(self.select_box_nums_for_evaluation, q * k)
@@ -474,14 +497,14 @@ class DINO(nn.Module):
         boxes = box_cxcywh_to_xyxy(boxes)
         results = []
         for i, (h, w) in enumerate(images.image_sizes):
-            r = Instances((h, w))
-            scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-            r.pred_boxes = Boxes(boxes[i] * scale)
-            r.scores = scores[i]
-            r.pred_classes = labels[i]
             height = batched_inputs[i].get("height", h)
             width = batched_inputs[i].get("width", w)
-            results.append({"instances": detector_postprocess(r, height, width)})
+            r = Instances((height, width))
+            scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+            r.pred_boxes = Boxes(boxes[i] * scale.to(boxes.device))
+            r.scores = scores[i]
+            r.pred_classes = labels[i]
+            results.append({"instances": r})
         return results
 
 

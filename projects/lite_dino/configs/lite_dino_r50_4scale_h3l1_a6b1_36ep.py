@@ -3,7 +3,7 @@
 
 from ....configs.common.coco_schedule import lr_multiplier_36ep as lr_multiplier
 from ....configs.common.data.coco_detr import dataloader, datasets
-from ....configs.common.optim import AdamW as optimizer
+from ....configs.common.optim import AdamWDecayAll as optimizer
 from ....configs.common.train import train
 from .models.lite_dino_r50 import baseline_encoder, model
 

@@ -26,7 +26,7 @@ model = L(DINO)(
         # make_resnet_stages = ResNet.make_default_stages that also accepts depth 18/34
         stages=L(make_resnet_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
         out_features=["res3", "res4", "res5"],
-        freeze_at=1,
+        freeze_at=2,  # stem and res2 frozen, as the released DINO / Lite-DINO
     ),
     # restate the channels when changing the backbone depth (R18/34: 128, 256, 512)
     neck=L(MultiScaleNeck)(
@@ -40,9 +40,10 @@ model = L(DINO)(
         num_outs="${..num_feature_levels}",
         num_groups=32,
     ),
-    # num_pos_feats = embed_dim / 2; temperature 20 as in the released DINO / Lite-DINO
+    # num_pos_feats = embed_dim / 2; temperature 20 and no -0.5 offset, as the released
+    # DINO / Lite-DINO (so that their weights give their outputs)
     position_embedding=L(PositionEmbeddingSine)(
-        num_pos_feats=128, temperature=20, normalize=True, offset=-0.5
+        num_pos_feats=128, temperature=20, normalize=True, offset=0.0
     ),
     encoder=L(DeformableEncoder)(
         num_layers=6,
@@ -67,6 +68,7 @@ model = L(DINO)(
         cross_attention="${..encoder.attention}",
         look_forward_twice=True,
         share_heads=True,
+        inverse_sigmoid_eps=1e-3,  # as the released DINO / Lite-DINO
     ),
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",

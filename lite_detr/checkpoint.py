@@ -11,6 +11,10 @@ __all__ = ["LiteDetrCheckpointer"]
 logger = logging.getLogger(__name__)
 
 _TAG_SUFFIX = "._extra_state"
+# keys of the authors' DINO-codebase checkpoints (the released Lite-DINO), which need conversion
+_RELEASE_PREFIXES = tuple(
+    p + k for p in ("", "module.") for k in ("transformer.encoder.", "backbone.0.body.")
+)
 
 
 class LiteDetrCheckpointer(DetectionCheckpointer):
@@ -27,6 +31,13 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         state = checkpoint.get("model", {})
+        release = next((k for k in state if k.startswith(_RELEASE_PREFIXES)), None)
+        if release is not None:
+            raise ValueError(
+                f"the checkpoint is in the layout of the authors' DINO / Lite-DINO release (key "
+                f"{release!r}): convert it first with python tools/convert_lite_detr_checkpoint.py "
+                "INPUT.pth OUTPUT.pth"
+            )
         for name, tag in self.model.named_modules():
             if not isinstance(tag, VariantTag):
                 continue

@@ -97,3 +97,10 @@ def test_untagged_checkpoint_loads(tmp_path):
     LiteDetrCheckpointer(model).load(path)
     key = next(k for k in backbone if k.endswith("conv1.weight"))
     assert torch.equal(model.state_dict()[key], backbone[key])
+
+
+def test_checkpointer_asks_to_convert_a_release_checkpoint(tmp_path):
+    path = str(tmp_path / "r50_s3ex3_50.4.pth")
+    torch.save({"model": {"transformer.encoder.layers.0.norm1.weight": torch.ones(32)}}, path)
+    with pytest.raises(ValueError, match="convert it first with python tools/convert_lite_detr"):
+        LiteDetrCheckpointer(build()).load(path)

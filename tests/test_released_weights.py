@@ -293,3 +293,28 @@ def test_outputs_unchanged_by_a_save_convert_load_round_trip(tmp_path):
     assert torch.equal(a.pred_classes, b.pred_classes)
     assert torch.equal(a.scores, b.scores)
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+def test_demo_draws_converted_weights_with_coco_class_names(converted, tmp_path):
+    import numpy as np
+    from detectron2.data import MetadataCatalog
+    from PIL import Image
+
+    demo = load_tool("demo")
+    image = tmp_path / "some.jpg"
+    Image.fromarray((np.random.default_rng(0).random((240, 320, 3)) * 255).astype("uint8")).save(
+        image
+    )
+    out = tmp_path / "out"
+    config = os.path.join(ROOT, RELEASED_VARIANTS["h3l1_a2b3"].config)
+    results = demo.main(
+        ["--config-file", config, "--weights", converted["h3l1_a2b3"], "--input", str(image)]
+        + ["--output", str(out), "--confidence-threshold", "0", "train.device=cpu"]
+        # a small test resize keeps the R50 forward short on a CPU
+        + ["dataloader.test.mapper.augmentation.0.short_edge_length=320"]
+    )
+    (result,) = results
+    assert (out / "some.png").is_file() and len(result["instances"]) == 300
+    names = MetadataCatalog.get("coco_2017_val").thing_classes
+    assert {d["category"] for d in result["instances"]} <= set(names)
+    assert all(d["category"] == names[d["category_id"]] for d in result["instances"])

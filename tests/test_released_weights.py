@@ -311,7 +311,7 @@ def test_demo_draws_converted_weights_with_coco_class_names(converted, tmp_path)
         ["--config-file", config, "--weights", converted["h3l1_a2b3"], "--input", str(image)]
         + ["--output", str(out), "--confidence-threshold", "0", "train.device=cpu"]
         # a small test resize keeps the R50 forward short on a CPU
-        + ["dataloader.test.mapper.augmentation.0.short_edge_length=320"]
+        + ["dataloader.input_size=320"]
     )
     (result,) = results
     assert (out / "some.png").is_file() and len(result["instances"]) == 300

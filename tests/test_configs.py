@@ -197,7 +197,6 @@ def test_optimizer_param_groups(path, norm_decay):
         assert setting[named["denoising.label_enc.weight"]][1] == norm_decay
 
 
-
 def test_one_override_sets_train_and_test_input_size():
     from lite_detr.engine import load_config
 

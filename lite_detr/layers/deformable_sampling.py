@@ -83,8 +83,9 @@ def check_deformable_attention_inputs(
             raise ValueError(
                 f"{module_name}: {name} is on {t.device} but query is on {query.device}"
             )
-    # data-dependent check (one host sync); skipped while tracing so that graphs stay static
-    if not torch.jit.is_tracing():
+    # data-dependent check (one host sync); skipped while tracing or compiling (torch.export
+    # too) so that graphs stay static and free of data-dependent guards
+    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
         total = int(spatial_shapes.prod(1).sum())
         if total != s:
             raise ValueError(

@@ -1,9 +1,11 @@
 """Helpers of two-stage DETRs: padding masks, valid ratios and encoder-memory proposals."""
 
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .level_shapes import level_shapes
 
 __all__ = ["get_valid_ratio", "gen_encoder_output_proposals"]
 
@@ -23,7 +25,9 @@ def get_valid_ratio(mask: Tensor) -> Tensor:
 
 
 def gen_encoder_output_proposals(
-    memory: Tensor, memory_padding_mask: Tensor, spatial_shapes: Tensor
+    memory: Tensor,
+    memory_padding_mask: Tensor,
+    spatial_shapes: Tensor | Sequence[Tuple[int, int]],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """One proposal per encoder token (Deformable DETR two-stage, section 4.2).
 
@@ -34,7 +38,8 @@ def gen_encoder_output_proposals(
     Args:
         memory (Tensor): (N, S, C) encoder output.
         memory_padding_mask (Tensor): (N, S) bool, True = padding.
-        spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+        spatial_shapes (Tensor or list): (L, 2) int64 (H_l, W_l), or the L pairs (see
+            :func:`~lite_detr.modeling.level_shapes.level_shapes`).
 
     Returns:
         output_memory (Tensor): (N, S, C) memory with invalid tokens zeroed.
@@ -44,7 +49,7 @@ def gen_encoder_output_proposals(
     n = memory.shape[0]
     proposals = []
     start = 0
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
         mask = memory_padding_mask[:, start : start + h * w].view(n, h, w)
         valid_h = (~mask[:, :, 0]).sum(1)
         valid_w = (~mask[:, 0, :]).sum(1)

@@ -1,8 +1,11 @@
 """The baseline encoder of Deformable DETR and DINO: every token is a query in every layer."""
 
+from typing import Sequence, Tuple
+
 import torch
 from torch import nn
 
+from ..level_shapes import level_shapes
 from .encoder_layer import (
     ATTENTION_TYPES,
     DeformableEncoderLayer,
@@ -86,6 +89,7 @@ class DeformableEncoder(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
+        spatial_sizes: Sequence[Tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -96,10 +100,16 @@ class DeformableEncoder(nn.Module):
             level_start_index (Tensor): (L,) int64 offset of each level in S.
             valid_ratios (Tensor): (N, L, 2) valid (un-padded) fraction (w, h) of each level.
             key_padding_mask (Tensor or None): (N, S) bool, True marks padding.
+            spatial_sizes (list or None): the (H_l, W_l) pairs of ``spatial_shapes`` as Python
+                ints (the detectors pass them; see
+                :func:`~lite_detr.modeling.level_shapes.level_shapes`), read from
+                ``spatial_shapes`` when None.
 
         Returns:
             Tensor: (N, S, C) encoder memory, same token order.
         """
+        if spatial_sizes is None:
+            spatial_sizes = level_shapes(spatial_shapes)
         check_encoder_inputs(
             type(self).__name__,
             self.embed_dim,
@@ -110,8 +120,9 @@ class DeformableEncoder(nn.Module):
             level_start_index,
             valid_ratios,
             key_padding_mask,
+            spatial_sizes,
         )
-        reference_points = get_reference_points(spatial_shapes, valid_ratios)
+        reference_points = get_reference_points(spatial_sizes, valid_ratios)
         x = query
         for layer in self.layers:
             x = layer(

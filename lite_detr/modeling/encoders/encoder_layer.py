@@ -1,9 +1,13 @@
 """Post-norm deformable encoder layers and helpers shared by the encoders."""
 
+from typing import Sequence, Tuple
+
 import torch
 from torch import nn
 
 from lite_detr.layers import FFN, KeyAwareDeformableAttention, MultiScaleDeformableAttention
+
+from ..level_shapes import level_shapes
 
 __all__ = [
     "ATTENTION_TYPES",
@@ -37,14 +41,17 @@ def build_deformable_attention(
     )
 
 
-def get_reference_points(spatial_shapes: torch.Tensor, valid_ratios: torch.Tensor) -> torch.Tensor:
+def get_reference_points(
+    spatial_shapes: torch.Tensor | Sequence[Tuple[int, int]], valid_ratios: torch.Tensor
+) -> torch.Tensor:
     """
     Reference points of the encoder tokens (Deformable DETR's ``get_reference_points``): the
     centre of each pixel, normalised by the valid (un-padded) extent of its image, then mapped
     into every level's valid region.
 
     Args:
-        spatial_shapes (Tensor): (L, 2) int64 (H_l, W_l).
+        spatial_shapes (Tensor or list): (L, 2) int64 (H_l, W_l), or the L pairs (see
+            :func:`~lite_detr.modeling.level_shapes.level_shapes`).
         valid_ratios (Tensor): (N, L, 2) valid fraction (w, h) of each level.
 
     Returns:
@@ -52,10 +59,11 @@ def get_reference_points(spatial_shapes: torch.Tensor, valid_ratios: torch.Tenso
     """
     device, dtype = valid_ratios.device, valid_ratios.dtype
     points = []
-    for lvl, (h, w) in enumerate(spatial_shapes.tolist()):
+    for lvl, (h, w) in enumerate(level_shapes(spatial_shapes)):
+        # pixel centres 0.5, 1.5, ... (arange keeps symbolic sizes symbolic; linspace does not)
         ref_y, ref_x = torch.meshgrid(
-            torch.linspace(0.5, h - 0.5, h, dtype=dtype, device=device),
-            torch.linspace(0.5, w - 0.5, w, dtype=dtype, device=device),
+            torch.arange(h, dtype=dtype, device=device) + 0.5,
+            torch.arange(w, dtype=dtype, device=device) + 0.5,
             indexing="ij",
         )
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)
@@ -75,10 +83,12 @@ def check_encoder_inputs(
     level_start_index: torch.Tensor,
     valid_ratios: torch.Tensor,
     key_padding_mask: torch.Tensor | None,
+    shapes: Sequence[Tuple[int, int]],
 ) -> None:
     """
     Raise ValueError naming the offending encoder input; shapes as in
-    :meth:`DeformableEncoder.forward`. The attention modules check the rest.
+    :meth:`DeformableEncoder.forward`, ``shapes`` the (H_l, W_l) pairs of ``spatial_shapes``.
+    The attention modules check the rest.
     """
     if query.dim() != 3 or query.shape[-1] != embed_dim:
         raise ValueError(
@@ -106,13 +116,12 @@ def check_encoder_inputs(
             f"{encoder_name}: valid_ratios must be a ({n}, {num_levels}, 2) float tensor, got "
             f"shape {tuple(valid_ratios.shape)} and dtype {valid_ratios.dtype}"
         )
-    if not torch.jit.is_tracing():  # one host sync; graphs stay static while tracing
-        total = int(spatial_shapes.prod(1).sum())
-        if total != query.shape[1]:
-            raise ValueError(
-                f"{encoder_name}: query has S={query.shape[1]} tokens but spatial_shapes "
-                f"{spatial_shapes.tolist()} sum to {total}"
-            )
+    total = sum(h * w for h, w in shapes)
+    if total != query.shape[1]:
+        raise ValueError(
+            f"{encoder_name}: query has S={query.shape[1]} tokens but spatial_shapes "
+            f"{[list(s) for s in shapes]} sum to {total}"
+        )
     if key_padding_mask is not None and (
         key_padding_mask.shape != query.shape[:2] or key_padding_mask.dtype != torch.bool
     ):

@@ -1,8 +1,11 @@
 """Lite DETR's efficient encoder: interleaved high-level and low-level feature updates."""
 
+from typing import Sequence, Tuple
+
 import torch
 from torch import nn
 
+from ..level_shapes import level_shapes
 from .encoder_layer import (
     ATTENTION_TYPES,
     DeformableEncoderLayer,
@@ -121,6 +124,7 @@ class InterleavedEncoder(nn.Module):
         level_start_index: torch.Tensor,
         valid_ratios: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
+        spatial_sizes: Sequence[Tuple[int, int]] | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -131,10 +135,16 @@ class InterleavedEncoder(nn.Module):
             level_start_index (Tensor): (L,) int64 offset of each level in S.
             valid_ratios (Tensor): (N, L, 2) valid (un-padded) fraction (w, h) of each level.
             key_padding_mask (Tensor or None): (N, S) bool, True marks padding.
+            spatial_sizes (list or None): the (H_l, W_l) pairs of ``spatial_shapes`` as Python
+                ints (the detectors pass them; see
+                :func:`~lite_detr.modeling.level_shapes.level_shapes`), read from
+                ``spatial_shapes`` when None.
 
         Returns:
             Tensor: (N, S, C) encoder memory [F_L ; F_H], same token order as ``query``.
         """
+        if spatial_sizes is None:
+            spatial_sizes = level_shapes(spatial_shapes)
         check_encoder_inputs(
             type(self).__name__,
             self.embed_dim,
@@ -145,10 +155,11 @@ class InterleavedEncoder(nn.Module):
             level_start_index,
             valid_ratios,
             key_padding_mask,
+            spatial_sizes,
         )
-        reference_points = get_reference_points(spatial_shapes, valid_ratios)
+        reference_points = get_reference_points(spatial_sizes, valid_ratios)
         # fine-to-coarse flattening: F_L is a prefix of the tokens, F_H the rest
-        num_low = int(level_start_index[self.num_low_levels])
+        num_low = sum(h * w for h, w in spatial_sizes[: self.num_low_levels])
         pos_high, ref_high = query_pos[:, num_low:], reference_points[:, num_low:]
         common = {
             "spatial_shapes": spatial_shapes,

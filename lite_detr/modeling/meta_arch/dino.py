@@ -267,7 +267,8 @@ class DINO(nn.Module):
 
         Returns:
             dict with "memory" (N, S, C), "padding_mask" (N, S), "spatial_shapes" (L, 2),
-            "level_start_index" (L,), "valid_ratios" (N, L, 2).
+            "spatial_sizes" (its L (H, W) pairs as Python ints), "level_start_index" (L,),
+            "valid_ratios" (N, L, 2).
         """
         src, pos, flat_masks = [], [], []
         for lvl, (feat, mask) in enumerate(zip(feats, masks)):
@@ -275,9 +276,9 @@ class DINO(nn.Module):
             p = self.position_embedding(mask).to(feat.dtype).flatten(2).transpose(1, 2)
             pos.append(p + self.level_embeds[lvl].view(1, 1, -1))
             flat_masks.append(mask.flatten(1))
-        spatial_shapes = torch.as_tensor(
-            [f.shape[-2:] for f in feats], dtype=torch.int64, device=self.device
-        )
+        # Python sizes (symbolic under torch.export / torch.compile) and the ops' int64 tensor
+        spatial_sizes = [(f.shape[-2], f.shape[-1]) for f in feats]
+        spatial_shapes = torch.tensor(spatial_sizes, dtype=torch.int64, device=self.device)
         level_start_index = torch.cat(
             [spatial_shapes.new_zeros(1), spatial_shapes.prod(1).cumsum(0)[:-1]]
         )
@@ -290,11 +291,13 @@ class DINO(nn.Module):
             level_start_index,
             valid_ratios,
             padding_mask,
+            spatial_sizes=spatial_sizes,
         )
         return {
             "memory": memory,
             "padding_mask": padding_mask,
             "spatial_shapes": spatial_shapes,
+            "spatial_sizes": spatial_sizes,
             "level_start_index": level_start_index,
             "valid_ratios": valid_ratios,
         }
@@ -314,7 +317,7 @@ class DINO(nn.Module):
                 "images"
             )
         output_memory, proposals, _ = gen_encoder_output_proposals(
-            memory, enc["padding_mask"], enc["spatial_shapes"]
+            memory, enc["padding_mask"], enc["spatial_sizes"]
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         logits = self.enc_class_embed(output_memory)
@@ -479,22 +482,35 @@ class DINO(nn.Module):
             targets.append({"labels": labels, "boxes": boxes})
         return targets
 
+    def select_detections(self, logits: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The ``select_box_nums_for_evaluation`` best (query, class) pairs of each image.
+
+        Args:
+            logits: (N, Q, K) last decoder layer; boxes: (N, Q, 4) normalised cxcywh.
+
+        Returns:
+            scores (N, k) descending, labels (N, k) int64, boxes (N, k, 4) normalised xyxy.
+        """
+        n, q, k = logits.shape
+        num = min(self.select_box_nums_for_evaluation, q * k)
+        scores, idx = torch.topk(logits.sigmoid().view(n, -1), num, dim=1)
+        labels = idx % k
+        boxes = torch.gather(boxes, 1, (idx // k)[..., None].expand(-1, -1, 4))
+        return scores, labels, box_cxcywh_to_xyxy(boxes)
+
     def inference(
         self, outputs: Dict[str, Tensor], images: ImageList, batched_inputs: List[Dict]
     ) -> List[Dict[str, Instances]]:
         """Top-k (query, class) pairs per image -> Instances in the requested output size.
 
         As the released DINO's post-processing: sigmoid scores, top-k over all (query, class)
-        pairs, normalised boxes scaled straight to the output size; no NMS, no clipping to the
-        image and no removal of empty boxes (detectron2's ``detector_postprocess`` would do both).
+        pairs (:meth:`select_detections`), normalised boxes scaled straight to the output size;
+        no NMS, no clipping to the image and no removal of empty boxes (detectron2's
+        ``detector_postprocess`` would do both).
         """
-        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
-        n, q, k = logits.shape
-        num = min(self.select_box_nums_for_evaluation, q * k)
-        scores, idx = torch.topk(logits.sigmoid().view(n, -1), num, dim=1)
-        labels = idx % k
-        boxes = torch.gather(boxes, 1, (idx // k)[..., None].expand(-1, -1, 4))
-        boxes = box_cxcywh_to_xyxy(boxes)
+        scores, labels, boxes = self.select_detections(
+            outputs["pred_logits"], outputs["pred_boxes"]
+        )
         results = []
         for i, (h, w) in enumerate(images.image_sizes):
             height = batched_inputs[i].get("height", h)

@@ -83,9 +83,12 @@ def check_deformable_attention_inputs(
             raise ValueError(
                 f"{module_name}: {name} is on {t.device} but query is on {query.device}"
             )
-    # data-dependent check (one host sync); skipped while tracing or compiling (torch.export
-    # too) so that graphs stay static and free of data-dependent guards
-    if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+    # data-dependent check: it reads spatial_shapes on the host, so it runs for CPU tensors only
+    # (on a GPU it would synchronise every attention call; the kernels never read outside value)
+    # and not while tracing or compiling (torch.export too), so graphs stay static
+    if spatial_shapes.device.type == "cpu" and not (
+        torch.jit.is_tracing() or torch.compiler.is_compiling()
+    ):
         total = int(spatial_shapes.prod(1).sum())
         if total != s:
             raise ValueError(

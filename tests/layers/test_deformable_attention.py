@@ -236,3 +236,19 @@ def test_bad_inputs_raise_clear_errors(cls, change, match):
     change(inputs)
     with pytest.raises(ValueError, match=match):
         attn(**inputs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("cls", ATTENTIONS)
+def test_cuda_forward_does_not_synchronise(cls):
+    """No device-to-host read per attention call on a GPU (the level checks need the host)."""
+    attn = _randomize(cls(embed_dim=32, num_heads=4, num_levels=3, num_points=2)).cuda()
+    inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in _inputs().items()}
+    attn(**inputs)  # warm-up: lazy initialisations may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = attn(**inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (2, 5, 32)

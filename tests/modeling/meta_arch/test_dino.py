@@ -149,3 +149,26 @@ def test_trains_under_autocast(build_tiny, make_input, name):
     total.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", ["dino_r50", "lite_dino_r50"])
+def test_encoder_and_decoder_compile_without_host_reads(build_tiny, make_input, name):
+    """torch.compile(fullgraph=True) refuses .item()/.tolist() and other host reads of tensor
+    data: the encoder and the decoder (with their attention layers) compile whole and compute
+    what they compute eagerly."""
+    model = build_tiny(name).eval()
+    calls = {}
+    for part in ("encoder", "decoder"):
+        getattr(model, part).register_forward_pre_hook(
+            lambda m, args, kwargs, part=part: calls.setdefault(part, (args, kwargs)),
+            with_kwargs=True,
+        )
+    with torch.no_grad():
+        model([make_input(96, 128, [[10, 12, 60, 70]], [0])])
+    for part, (args, kwargs) in calls.items():
+        module = getattr(model, part)
+        torch._dynamo.reset()
+        compiled = torch.compile(module, backend="eager", fullgraph=True)
+        with torch.no_grad():
+            got, expected = compiled(*args, **kwargs), module(*args, **kwargs)
+        torch.testing.assert_close(got, expected)

@@ -74,3 +74,16 @@ def test_gpu_check_without_a_gpu_says_so_and_does_nothing(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().startswith("gpu-check: no CUDA GPU on this machine")
     assert not report.exists()
+
+
+def test_gpu_check_training_step_runs_on_cpu():
+    """The `train` step of gpu_check (Lite-DINO R50, AMP, synthetic images), shrunk, on the CPU."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", os.path.join(ROOT, "tools", "gpu_check.py")
+    )
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    line = gpu_check.train_benchmark(iters=2, warmup=1, batch=1, size=256, device="cpu")
+    assert "1 images of 256x256" in line and line.endswith("all finite: True")

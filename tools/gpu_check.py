@@ -186,8 +186,11 @@ def step_latency(props):
     return code, secs, f"{secs:.0f} s", detail
 
 
-def train_benchmark(iters: int = 50, warmup: int = 10, batch: int = 2, size: int = 800) -> None:
-    """50 AMP training iterations of Lite-DINO R50 on synthetic shapes images (prints one line)."""
+def train_benchmark(
+    iters: int = 50, warmup: int = 10, batch: int = 2, size: int = 800, device: str = "cuda"
+) -> str:
+    """AMP training iterations of Lite-DINO R50 on synthetic shapes images; returns one line.
+    (``device="cpu"`` with bfloat16 autocast runs the same code in the tests.)"""
     sys.path.insert(0, ROOT)
     import numpy as np
     import torch
@@ -198,9 +201,15 @@ def train_benchmark(iters: int = 50, warmup: int = 10, batch: int = 2, size: int
     from lite_detr.data.datasets.shapes import _make_image  # one synthetic image and its boxes
     from lite_detr.engine.train_loop import LiteDetrTrainer
 
+    cuda = device == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
     torch.manual_seed(0)
     cfg = LazyConfig.load(os.path.join(ROOT, TRAIN_CONFIG))
-    model = instantiate(cfg.model).cuda().train()
+    model = instantiate(cfg.model).to(device).train()
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
 
@@ -226,28 +235,28 @@ def train_benchmark(iters: int = 50, warmup: int = 10, batch: int = 2, size: int
         batches(),
         optimizer,
         amp_enabled=True,
-        amp_dtype="float16",
+        amp_dtype="float16" if cuda else "bfloat16",
         clip_grad_params={"max_norm": 0.1, "norm_type": 2},
-        device_type="cuda",
+        device_type=device,
     )
     times, losses = [], []
     with EventStorage(0) as storage:
         trainer.storage = storage
         for it in range(iters):
             trainer.iter = it
-            torch.cuda.synchronize()
+            sync()
             start = time.perf_counter()
             trainer.run_step()
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - start)
             losses.append(storage.history("total_loss").latest())
             storage.step()
     timed = times[warmup:]
-    print(
-        f"TRAIN {statistics.median(timed) * 1e3:.0f} ms/iter (median of iterations {warmup + 1}-"
+    peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
+    return (
+        f"{statistics.median(timed) * 1e3:.0f} ms/iter (median of iterations {warmup + 1}-"
         f"{iters}, min {min(timed) * 1e3:.0f}), {batch} images of {size}x{size} per iteration, "
-        f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, total loss "
-        f"{losses[0]:.2f} -> {losses[-1]:.2f}, all finite: "
+        f"peak memory {peak}, total loss {losses[0]:.2f} -> {losses[-1]:.2f}, all finite: "
         f"{all(np.isfinite(v) for v in losses)}"
     )
 
@@ -259,7 +268,7 @@ def main():
     parser.add_argument("--train-benchmark", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_benchmark:
-        train_benchmark()
+        print("TRAIN " + train_benchmark())
         return 0
 
     import torch

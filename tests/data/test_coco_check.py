@@ -110,7 +110,7 @@ def _truncate(path, keep=0.7):
     [
         (lambda p: p.unlink(), "does not exist"),
         (lambda p: p.write_bytes(b"not an image"), "is not an image file"),
-        (_truncate, r"is truncated \(its JPEG end marker is missing\)"),
+        (_truncate, r"is truncated \(its JPEG end marker is missing and it does not decode\)"),
         (lambda p: Image.new("RGB", (41, 30)).save(p), "is 41x30 pixels but its annotation says"),
     ],
 )
@@ -124,6 +124,13 @@ def test_bad_image_file_names_image_and_option(tmp_path, damage, match):
     assert check_coco_json(json_file, root, check_images=False).num_images == 1
     s = check_coco_json(json_file, root, skip_bad_images=True)
     assert [p.endswith("a.jpg") for p, _ in s.bad_images] == [True]
+
+
+def test_data_after_the_jpeg_end_marker_is_fine(tmp_path):
+    json_file, root = _dataset(tmp_path)
+    with open(tmp_path / "imgs" / "a.jpg", "ab") as f:
+        f.write(b"camera trailer " * 20)
+    assert check_coco_json(json_file, root).bad_images == []
 
 
 def test_exif_rotated_image_size_is_the_rotated_one(tmp_path):

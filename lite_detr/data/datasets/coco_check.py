@@ -227,12 +227,24 @@ def _tail_ok(path: str, fmt: Optional[str]) -> bool:
         return marker in f.read()
 
 
+def _decodes(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except OSError:
+        return False
+
+
 def check_image_file(path: str, width: int, height: int) -> Optional[str]:
     """
     Problem with one image file, or None: missing, not an image, truncated, or of another size
     than its annotation says (after EXIF rotation, as detectron2 reads it).
 
-    Only the header and the end of the file are read, so a dataset of 100k images takes seconds.
+    Only the header and the end of the file are read (the whole image only when its end marker is
+    missing), so thousands of images take seconds.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -248,8 +260,8 @@ def check_image_file(path: str, width: int, height: int) -> Optional[str]:
         return "is not an image file PIL can read"
     except OSError as e:
         return f"cannot be read ({e})"
-    if not _tail_ok(path, fmt):
-        return f"is truncated (its {fmt} end marker is missing)"
+    if not _tail_ok(path, fmt) and not _decodes(path):  # some cameras append data after the end
+        return f"is truncated (its {fmt} end marker is missing and it does not decode)"
     if (w, h) != (width, height):
         return f"is {w}x{h} pixels but its annotation says width={width}, height={height}"
     return None

@@ -31,13 +31,13 @@ def test_flops_count_our_ops_and_report_encoder_row():
     assert plain.by_module()["model.encoder"] == with_ops["encoder"]
 
 
-def test_overrides_may_follow_tasks(tools_data, capsys):
+def test_overrides_may_follow_tasks(capsys):
     analyze_model = load_tool("analyze_model")
-    args = ["--config-file", SHAPES_CFG, "--tasks", "parameter", *TINY, *tools_data]
-    ret = analyze_model.main(args)
-    assert ret["params"][""] > 0 and "flops" not in ret
+    parser = analyze_model.get_parser()
+    args = parser.parse_args(["--config-file", "C", "--tasks", "flop", "parameter", *TINY])
+    assert args.tasks == ["flop", "parameter"] and args.task_overrides == TINY and not args.opts
     with pytest.raises(SystemExit):
-        analyze_model.main(["--config-file", SHAPES_CFG, "--tasks", "parameter", "flops"])
+        parser.parse_args(["--config-file", "C", "--tasks", "parameter", "flops"])
     assert "invalid choice: 'flops'" in capsys.readouterr().err
 
 

@@ -1,12 +1,22 @@
-"""Checkpointer that refuses weights of another encoder variant."""
+"""
+Checkpointer that writes atomically, resumes from the newest intact checkpoint and refuses
+weights of another encoder variant or, when resuming, of another model.
+"""
 
 import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import List, Optional, Tuple
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from lite_detr.modeling.meta_arch.dino import VariantTag
+from lite_detr.utils import atomic_write, remove_stale_temporaries
 
-__all__ = ["LiteDetrCheckpointer"]
+__all__ = ["CheckpointError", "LiteDetrCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
@@ -15,19 +25,161 @@ _TAG_SUFFIX = "._extra_state"
 _RELEASE_PREFIXES = tuple(
     p + k for p in ("", "module.") for k in ("transformer.encoder.", "backbone.0.body.")
 )
+_LAST = "last_checkpoint"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message names the file and the fix."""
 
 
 class LiteDetrCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` that checks the architecture tag of a detector checkpoint.
-
-    Models of this project carry a :class:`~lite_detr.modeling.meta_arch.dino.VariantTag`
-    (encoder variant such as ``"H3L1-(2+1)x3/key_aware"`` and decoder cross-attention type) that is
-    saved with the weights. Before loading, a checkpoint whose tag differs from the model's raises
-    ``ValueError`` naming both, instead of detectron2's default of loading what matches (an H2L2
-    checkpoint has the same parameter names and shapes as an H3L1 model: it would load silently
-    and give near-zero AP). Checkpoints without a tag (ImageNet backbones, converted weights)
-    load as usual; a warning is logged when such a checkpoint holds encoder weights.
     """
+    ``DetectionCheckpointer`` for this project's training runs.
+
+    * **Atomic saves**: a checkpoint goes to a temporary file that is flushed and renamed into
+      place, and ``last_checkpoint`` moves to it only after that, so a run killed while saving
+      leaves the previous checkpoint and its ``last_checkpoint`` intact.
+    * **Verified resume**: :meth:`resume_or_load` with ``resume=True`` reads the checkpoint that
+      ``last_checkpoint`` names; if it is missing, truncated or not a checkpoint, it warns (naming
+      both files) and resumes from the newest intact ``model_*.pth`` of the folder instead. A
+      resumed checkpoint must match the model exactly (names and shapes): resuming with another
+      model would load part of it and fail later inside the optimizer.
+    * **Variant tag**: models of this project carry a
+      :class:`~lite_detr.modeling.meta_arch.dino.VariantTag` (encoder variant such as
+      ``"H3L1-(2+1)x3/key_aware"`` and decoder cross-attention type) that is saved with the
+      weights. A checkpoint whose tag differs from the model's raises ``ValueError`` naming both,
+      instead of detectron2's default of loading what matches (an H2L2 checkpoint has the same
+      parameter names and shapes as an H3L1 model: it would load silently and give near-zero
+      AP). Checkpoints without a tag (ImageNet backbones, converted weights) load as usual; a
+      warning is logged when such a checkpoint holds encoder weights.
+
+    Files that are not checkpoints (text, images, ``.npy``, a bare tensor, ...) raise
+    :class:`CheckpointError` naming the file that was read.
+    """
+
+    def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.resumed_from: Optional[str] = None  # the file --resume loaded, if any
+        self._preloaded: Optional[Tuple[str, dict]] = None
+        self._strict = False
+
+    # -- saving ----------------------------------------------------------------------------------
+
+    def save(self, name: str, **kwargs) -> None:
+        """As fvcore's ``Checkpointer.save``, written atomically."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        remove_stale_temporaries(self.save_dir)  # leftovers of a run killed while saving
+        self.logger.info(f"Saving checkpoint to {path}")
+        with atomic_write(path, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_write(os.path.join(self.save_dir, _LAST)) as f:
+            f.write(last_filename_basename)
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        """
+        With ``resume``, load everything (model and checkpointables) from the newest intact
+        checkpoint of ``save_dir`` (see the class docstring); ``resumed_from`` names it. Without
+        one, or without ``resume``, load only the model weights from ``path``.
+        """
+        self.resumed_from = None
+        found = self._newest_intact_checkpoint() if resume else None
+        if found is None:
+            return self.load(path, checkpointables=[])
+        self._preloaded, self._strict = found, True
+        try:
+            ret = self.load(found[0])
+        finally:
+            self._preloaded, self._strict = None, False
+        self.resumed_from = found[0]
+        return ret
+
+    def _resume_candidates(self) -> Tuple[List[str], List[str]]:
+        """The checkpoint files to try, best first, and notes on a bad ``last_checkpoint``."""
+        notes = []
+        tagged = ""
+        if os.path.isfile(os.path.join(self.save_dir, _LAST)):
+            try:
+                tagged = self.get_checkpoint_file()
+            except (OSError, UnicodeDecodeError) as e:
+                notes.append(f"{os.path.join(self.save_dir, _LAST)} is unreadable ({e})")
+            if tagged and not os.path.isfile(tagged):
+                notes.append(
+                    f"{os.path.join(self.save_dir, _LAST)} names {tagged}, which is missing"
+                )
+                tagged = ""
+            elif not tagged and not notes:
+                notes.append(f"{os.path.join(self.save_dir, _LAST)} is empty")
+        pattern = re.compile(r"^model_(\d+|final)\.pth$")
+        try:
+            names = [n for n in os.listdir(self.save_dir) if pattern.match(n)]
+        except OSError:
+            names = []
+        others = [os.path.join(self.save_dir, n) for n in names]
+        others = [p for p in others if p != tagged and os.path.isfile(p)]
+        others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)  # newest first
+        return ([tagged] if tagged else []) + others, notes
+
+    def _newest_intact_checkpoint(self) -> Optional[Tuple[str, dict]]:
+        candidates, notes = self._resume_candidates()
+        if not candidates:
+            if notes:
+                raise CheckpointError(
+                    f"Cannot resume: {notes[0]} and {self.save_dir} holds no model_*.pth. "
+                    "Run without --resume to start over."
+                )
+            return None
+        for path in candidates:
+            try:
+                data = self._load_file(path)
+                if "iteration" not in data:
+                    raise CheckpointError(
+                        f"{path} has no training iteration: not a run's checkpoint"
+                    )
+            except CheckpointError as e:
+                notes.append(str(e))
+                continue
+            for note in notes:
+                self.logger.warning(f"--resume: {note}; resuming from {path} instead.")
+            return path, data
+        raise CheckpointError(
+            f"Cannot resume: no intact checkpoint in {self.save_dir} ({'; '.join(notes)}). "
+            "Run without --resume to start over, or restore a checkpoint file."
+        )
+
+    def _load_file(self, filename: str):
+        if self._preloaded is not None and self._preloaded[0] == filename:
+            return self._preloaded[1]
+        native = not filename.endswith((".pkl", ".pyth"))
+        try:
+            if native:  # as DetectionCheckpointer, with the structure checked before use
+                loaded = torch.load(filename, map_location="cpu")
+            else:
+                loaded = super()._load_file(filename)
+        except Exception as e:  # torch.load / pickle raise many types for a non-checkpoint
+            raise CheckpointError(
+                f"{filename} is not a readable checkpoint ({_reason(e)}): pass a .pth file written "
+                "by train_net.py or torch.save({'model': state_dict})."
+            ) from e
+        if native:
+            if isinstance(loaded, Mapping) and "model" not in loaded:
+                loaded = {"model": loaded}
+            _check_structure(filename, loaded)
+            loaded["matching_heuristics"] = True
+        else:
+            _check_structure(filename, loaded)
+        return loaded
 
     def _load_model(self, checkpoint):
         state = checkpoint.get("model", {})
@@ -49,7 +201,66 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                     "The checkpoint has encoder weights but no variant tag: cannot verify that it "
                     f"matches this model's {tag.tags}."
                 )
+        if self._strict:
+            self._check_same_model(self._preloaded[0], state)
         return super()._load_model(checkpoint)
+
+    def _check_same_model(self, path: str, state: Mapping) -> None:
+        theirs = {
+            (k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()
+        }
+        ours = self.model.state_dict()
+        problems = [
+            f"{k}: {tuple(theirs[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
+            for k, v in ours.items()
+            if k in theirs
+            and hasattr(theirs[k], "shape")
+            and hasattr(v, "shape")
+            and tuple(theirs[k].shape) != tuple(v.shape)
+        ]
+        problems += [f"{k} missing from the checkpoint" for k in ours if k not in theirs]
+        problems += [f"{k} not in the model" for k in theirs if k not in ours]
+        if problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise CheckpointError(
+                f"Cannot resume from {path}: it was written by another model ("
+                + "; ".join(problems[:3])
+                + f"{more}). --resume continues a run with the config that wrote it (see "
+                f"{os.path.join(self.save_dir, 'config.yaml')}); to start from these weights "
+                "with another model, pass train.init_checkpoint=... with a new train.output_dir."
+            )
+
+
+def _reason(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:  # torch's weights-only message puts the cause on its own line
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
+    first = lines[0][:200] if lines else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _check_structure(filename: str, loaded) -> None:
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(
+            f"{filename} holds a {type(loaded).__name__}, not a checkpoint: pass a .pth file of a "
+            "dict {'model': state_dict, ...} (as train_net.py and torch.save(model.state_dict()) "
+            "write)."
+        )
+    model = loaded.get("model")
+    bad = None
+    if not isinstance(model, Mapping):
+        bad = f"its 'model' entry is a {type(model).__name__}, not a state dict"
+    else:
+        for k, v in model.items():
+            if not isinstance(k, str) or not isinstance(v, (torch.Tensor, np.ndarray)):
+                bad = f"its 'model' entry maps {k!r} to a {type(v).__name__}, not a tensor"
+                break
+    if bad:
+        raise CheckpointError(
+            f"{filename} is not a model checkpoint: {bad}. Pass a .pth file of "
+            "{'model': state_dict, ...} or a plain state dict."
+        )
 
 
 def _find_key(state, key):

@@ -22,6 +22,7 @@ from .datasets.shapes import (
     register_shapes,
     shapes_dataset_dir,
 )
+from .resumable_loader import ResumableTrainLoader
 from .sample_inputs import sample_inputs
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes",
     "shapes_dataset_dir",
+    "ResumableTrainLoader",
     "sample_inputs",
 ]
 

@@ -3,19 +3,26 @@
 from .defaults import (
     ConfigError,
     build_checkpointer,
+    build_train_loader,
     check_config,
+    check_output_dir,
+    claim_output_dir,
     do_eval_only,
     do_test,
     do_train,
     load_config,
 )
 from .ema import EMAHook, ModelEMA, apply_ema_weights
+from .hooks import PeriodicCheckpointer
 from .train_loop import LiteDetrTrainer
 
 __all__ = [
     "ConfigError",
     "build_checkpointer",
+    "build_train_loader",
     "check_config",
+    "check_output_dir",
+    "claim_output_dir",
     "do_eval_only",
     "do_test",
     "do_train",
@@ -23,5 +30,6 @@ __all__ = [
     "EMAHook",
     "ModelEMA",
     "apply_ema_weights",
+    "PeriodicCheckpointer",
     "LiteDetrTrainer",
 ]

@@ -8,10 +8,16 @@ clear :class:`ConfigError` before anything is written to ``train.output_dir``.
 
 import copy
 import difflib
+import fcntl
 import inspect
 import json
 import logging
+import math
 import os
+import re
+import shutil
+import sysconfig
+import traceback
 from typing import List
 
 import torch
@@ -22,8 +28,11 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import LiteDetrCheckpointer
+from ..checkpoint import CheckpointError, LiteDetrCheckpointer
+from ..data.resumable_loader import ResumableTrainLoader
+from ..utils import atomic_write, preserved_rng_states
 from .ema import EMAHook, apply_ema_weights
+from .hooks import PeriodicCheckpointer
 from .train_loop import LiteDetrTrainer
 from .writers import EarlyPeriodicWriter, build_writers
 
@@ -32,6 +41,9 @@ __all__ = [
     "load_config",
     "check_config",
     "build_checkpointer",
+    "build_train_loader",
+    "check_output_dir",
+    "claim_output_dir",
     "do_test",
     "do_train",
     "do_eval_only",
@@ -63,8 +75,8 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
         )
     try:
         cfg = _load_once(config_file)
-    except (SyntaxError, ValueError, ImportError, NameError) as e:
-        raise ConfigError(f"Cannot load config {config_file!r}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # the config is Python: anything can be raised while running it
+        raise ConfigError(f"Cannot load config {_where(e, config_file)}") from e
     for override in overrides or []:
         if "=" not in override:
             raise ConfigError(f"Override {override!r} is not of the form key=value.")
@@ -96,6 +108,31 @@ def _load_once(config_file: str) -> DictConfig:
     if key not in _LOADED:
         _LOADED[key] = LazyConfig.load(config_file)
     return copy.deepcopy(_LOADED[key])
+
+
+def _where(e: BaseException, config_file: str) -> str:
+    """``file, line N: Error: message`` for an exception raised while loading a config."""
+    cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e
+    if isinstance(cause, SyntaxError) and cause.lineno:
+        # detectron2 re-raises ast.parse's error as "Config file X has syntax error!"
+        m = re.match(r"Config file (.+) has syntax error!", str(e))
+        where = m.group(1) if m else (cause.filename or config_file)
+        text = f": {cause.text.strip()}" if cause.text else ""
+        return f"{where}, line {cause.lineno}: SyntaxError: {cause.msg}{text}"
+    frames = [
+        f
+        for f in traceback.extract_tb(e.__traceback__)
+        if f.filename.endswith(".py") and not f.filename.startswith(_LIBRARY_PATHS)
+    ]
+    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else repr(config_file)
+    return f"{where}: {type(e).__name__}: {e}"
+
+
+_LIBRARY_PATHS = (
+    sysconfig.get_paths()["stdlib"],
+    sysconfig.get_paths()["purelib"],
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # lite_detr/
+)
 
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:
@@ -153,6 +190,8 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     for key in ("model", "train", "dataloader"):
         if key not in cfg:
             raise ConfigError(f"The config has no {key!r} node (see configs/common/train.py).")
+    _check_values(cfg, eval_only)
+    _check_datasets_root()
     device = str(cfg.train.get("device", "cuda"))
     if device.split(":")[0] not in ("cpu", "cuda"):
         raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {device!r}.")
@@ -196,6 +235,73 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
         logger.warning("--eval-only without train.init_checkpoint: evaluating random weights.")
 
 
+def _get(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not OmegaConf.is_dict(node) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _check_number(cfg, key: str, kind: type, low, high=None, *, low_open=False, optional=False):
+    value = _get(cfg, key)
+    if value is _MISSING or (optional and value is None):
+        return
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = is_int if kind is int else (is_int or isinstance(value, float)) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        what = "an integer" if kind is int else "a number"
+        bound = f"> {low}" if low_open else f">= {low}"
+        bound += f" and <= {high}" if high is not None else ""
+        none = " (or None)" if optional else ""
+        raise ConfigError(f"{key} must be {what} {bound}{none}, got {value!r}.")
+
+
+def _check_values(cfg: DictConfig, eval_only: bool) -> None:
+    """Types and ranges of the values that train_net.py reads (a bad override fails here)."""
+    if not eval_only:
+        _check_number(cfg, "train.max_iter", int, 1)
+        _check_number(cfg, "train.log_period", int, 1)
+        _check_number(cfg, "train.eval_period", int, 0)
+        _check_number(cfg, "train.checkpointer.period", int, 1)
+        _check_number(cfg, "train.checkpointer.max_to_keep", int, 1, optional=True)
+        _check_number(cfg, "train.seed", int, -1, 2**32 - 1)
+        _check_number(cfg, "dataloader.train.total_batch_size", int, 1)
+        _check_number(cfg, "dataloader.train.num_workers", int, 0)
+        for key in ("lr", "weight_decay", "momentum"):
+            low_open = key == "lr"
+            _check_number(cfg, f"optimizer.{key}", float, 0, low_open=low_open)
+        if _get(cfg, "train.clip_grad.enabled") is True:
+            _check_number(cfg, "train.clip_grad.params.max_norm", float, 0, low_open=True)
+        if _get(cfg, "train.model_ema.enabled") is True:
+            _check_number(cfg, "train.model_ema.decay", float, 0, 1, low_open=True)
+        world = comm.get_world_size()
+        batch = _get(cfg, "dataloader.train.total_batch_size")
+        if isinstance(batch, int) and batch % world != 0:
+            raise ConfigError(
+                f"dataloader.train.total_batch_size={batch} is not divisible by the {world} "
+                "processes: use a multiple of the number of GPUs/processes."
+            )
+    _check_number(cfg, "dataloader.test.num_workers", int, 0)
+    _check_number(cfg, "model.num_classes", int, 1, optional=True)  # null: from the dataset
+
+
+def _check_datasets_root() -> None:
+    root = os.environ.get("DETECTRON2_DATASETS")
+    if root is not None and not os.path.isdir(root):
+        what = "a file" if os.path.exists(root) else "missing"
+        raise ConfigError(
+            f"$DETECTRON2_DATASETS={root!r} is {what}: point it at the folder that holds the "
+            "datasets (create it for a generated dataset), or unset it to use ./datasets."
+        )
+
+
 def build_checkpointer(model, save_dir: str = "", **checkpointables):
     """
     ``LiteDetrCheckpointer`` (refuses checkpoints of another encoder variant). The save directory
@@ -211,8 +317,117 @@ def _load_checkpoint(fn, path: str):
         return fn()
     except (FileNotFoundError, ConfigError):
         raise
+    except CheckpointError as e:  # names the file it read
+        raise ConfigError(str(e)) from e
     except Exception as e:  # e.g. the checkpointer refusing another encoder variant
         raise ConfigError(f"Cannot load checkpoint {path!r}: {e}") from e
+
+
+_RUN_LOCK = ".train_net.lock"
+
+
+def _lock_holder(output_dir: str):
+    """The pid of the process that holds ``output_dir``'s run lock, or None."""
+    path = os.path.join(output_dir, _RUN_LOCK)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return f.read().strip() or "?"
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+def _previous_run_files(output_dir: str) -> List[str]:
+    if not os.path.isdir(output_dir):
+        return []
+    names = sorted(
+        n
+        for n in os.listdir(output_dir)
+        if n == "last_checkpoint" or re.match(r"^model_(\d+|final)\.pth$", n)
+    )
+    if os.path.isfile(os.path.join(output_dir, "inference", "eval_results.json")):
+        names.append(os.path.join("inference", "eval_results.json"))
+    return names
+
+
+def check_output_dir(output_dir: str, *, resume: bool, overwrite: bool = False) -> None:
+    """
+    Refuse (``ConfigError``) an output directory in use by a running ``train_net.py``, and, for a
+    fresh run (neither ``resume`` nor ``overwrite``), one that holds an earlier run's
+    checkpoints or results. Reads only.
+    """
+    holder = _lock_holder(output_dir)
+    if holder is not None:
+        raise ConfigError(
+            f"train.output_dir={output_dir!r} is in use by a running train_net.py (pid {holder}): "
+            "wait for it to finish, stop it, or choose another train.output_dir."
+        )
+    found = _previous_run_files(output_dir)
+    if found and not resume and not overwrite:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ConfigError(
+            f"train.output_dir={output_dir!r} already holds a run ({shown}): pass --resume to "
+            "continue it, --overwrite to replace it, or choose another train.output_dir."
+        )
+
+
+def claim_output_dir(output_dir: str, *, overwrite: bool = False):
+    """
+    Take ``output_dir``'s run lock (held until the returned file is closed or the process
+    ends) and, with ``overwrite``, delete the previous run's checkpoints, metrics and results.
+    Call on the main process only, after :func:`check_output_dir`.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    lock = open(os.path.join(output_dir, _RUN_LOCK), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise ConfigError(
+            f"train.output_dir={output_dir!r} is in use by another train_net.py: "
+            "choose another train.output_dir."
+        ) from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    if overwrite:
+        old = _previous_run_files(output_dir) + [
+            n
+            for n in os.listdir(output_dir)
+            if n == "metrics.json" or n.startswith("events.out.tfevents")
+        ]
+        for name in old:
+            path = os.path.join(output_dir, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        shutil.rmtree(os.path.join(output_dir, "inference"), ignore_errors=True)
+        if old:
+            logger.warning(f"--overwrite: removed the previous run's {', '.join(old)}.")
+    return lock
+
+
+def _trim_metrics(output_dir: str, iteration: int) -> None:
+    """On resume, drop ``metrics.json`` lines of iterations after the resumed checkpoint (the
+    interrupted run logged them; they are trained again) and a line cut off by a kill."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("iteration", -1) <= iteration:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    if len(keep) != len(lines):
+        with atomic_write(path) as f:
+            f.writelines(keep)
 
 
 def do_test(cfg: DictConfig, model: torch.nn.Module):
@@ -229,7 +444,7 @@ def do_test(cfg: DictConfig, model: torch.nn.Module):
         print_csv_format(ret)
         out = os.path.join(cfg.train.output_dir, "inference")
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "eval_results.json"), "w") as f:
+        with atomic_write(os.path.join(out, "eval_results.json")) as f:
             json.dump(ret, f, indent=2)
     return ret
 
@@ -275,7 +490,7 @@ def do_train(args, cfg: DictConfig):
 
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    train_loader = build_train_loader(cfg)
 
     model = create_ddp_model(model, **ddp_kwargs(cfg))
     clip = cfg.train.get("clip_grad", {})
@@ -294,21 +509,19 @@ def do_train(args, cfg: DictConfig):
     checkpointer = build_checkpointer(model, cfg.train.output_dir, optimizer=optim, trainer=trainer)
 
     def _eval():
-        if ema_hook is not None:
-            with ema_hook.apply():
-                return do_test(cfg, model)
-        return do_test(cfg, model)
+        # evaluation must not move the training RNGs, or a run resumed after it would differ
+        with preserved_rng_states():
+            if ema_hook is not None:
+                with ema_hook.apply():
+                    return do_test(cfg, model)
+            return do_test(cfg, model)
 
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             ema_hook,  # before the checkpointer and eval, so both see this step's average
-            (
-                hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
-                if comm.is_main_process()
-                else None
-            ),
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank
             hooks.EvalHook(cfg.train.eval_period, _eval),
             (
                 EarlyPeriodicWriter(
@@ -325,10 +538,42 @@ def do_train(args, cfg: DictConfig):
     _load_checkpoint(lambda: checkpointer.resume_or_load(init, resume=args.resume), init)
     if ema_hook is not None and ema_hook.ema.num_updates == 0:
         ema_hook.ema = type(ema_hook.ema)(model, ema_hook.ema.decay)  # start from loaded weights
-    if args.resume and checkpointer.has_checkpoint():
+    if checkpointer.resumed_from:
         # the checkpoint stores the iteration that just finished: start at the next one
         start_iter = trainer.iter + 1
+        if comm.is_main_process():
+            _trim_metrics(cfg.train.output_dir, trainer.iter)
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer
+
+
+def build_train_loader(cfg: DictConfig):
+    """
+    ``cfg.dataloader.train``, as a :class:`ResumableTrainLoader` (whose position the
+    checkpoints hold) when it is detectron2's ``build_detection_train_loader`` with the default
+    sampler; other loaders are instantiated as they are, and resume restarts their order.
+    """
+    from detectron2.data import build_detection_train_loader
+
+    node = cfg.dataloader.train
+    target = node.get("_target_")
+    if isinstance(target, str):
+        target = _locate(target)
+    if target is not build_detection_train_loader or node.get("sampler") is not None:
+        logger.warning(
+            "dataloader.train is not build_detection_train_loader with its default sampler: "
+            "--resume restarts its data order instead of continuing it."
+        )
+        return instantiate(node)
+    seed = cfg.train.get("seed", -1)
+    return ResumableTrainLoader(
+        instantiate(node.dataset),
+        instantiate(node.mapper),
+        node.total_batch_size,
+        seed=seed if seed >= 0 else None,
+        aspect_ratio_grouping=node.get("aspect_ratio_grouping", True),
+        num_workers=node.get("num_workers", 0),
+        collate_fn=instantiate(node.get("collate_fn", None)),
+    )

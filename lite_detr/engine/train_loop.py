@@ -1,11 +1,14 @@
-"""A device-agnostic trainer: AMP (fp16/bf16), gradient clipping, NaN-loss stop."""
+"""A device-agnostic trainer: AMP (fp16/bf16), gradient clipping, NaN-loss stop, exact resume."""
 
 import logging
 import time
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+
+from lite_detr.utils import get_rng_states, set_rng_states
 
 __all__ = ["LiteDetrTrainer"]
 
@@ -25,6 +28,11 @@ class LiteDetrTrainer(SimpleTrainer):
 
     A non-finite loss raises ``FloatingPointError`` naming the iteration *before* the backward
     pass and optimizer step, so the weights and the last periodic checkpoint stay good.
+
+    Exact resume: the state dict holds, for every rank, the global RNG states and the position
+    of a data loader that has ``state_dict`` (:class:`~lite_detr.data.ResumableTrainLoader`); a
+    run resumed from it continues as the uninterrupted run would. With several processes,
+    :meth:`gather_rank_states` must run on all ranks before the main rank saves.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class LiteDetrTrainer(SimpleTrainer):
         self.clip_grad_params = dict(clip_grad_params) if clip_grad_params else None
         use_scaler = amp_enabled and self.amp_dtype == torch.float16
         self.grad_scaler = torch.amp.GradScaler(device_type) if use_scaler else None
+        self._rank_states: Optional[List[Dict]] = None
 
     def run_step(self):
         assert self.model.training, "[LiteDetrTrainer] model was changed to eval mode!"
@@ -103,13 +112,39 @@ class LiteDetrTrainer(SimpleTrainer):
         else:
             self.optimizer.step()
 
+    def _local_resume_state(self) -> Dict:
+        loader = self.data_loader if hasattr(self.data_loader, "state_dict") else None
+        return {"rng": get_rng_states(), "data_loader": loader.state_dict() if loader else None}
+
+    def gather_rank_states(self) -> None:
+        """Collect every rank's RNG and data-loader state for ``state_dict`` (all ranks must call
+        it; :meth:`forget_rank_states` after the save)."""
+        self._rank_states = comm.all_gather(self._local_resume_state())
+
+    def forget_rank_states(self) -> None:
+        self._rank_states = None
+
     def state_dict(self):
         ret = super().state_dict()
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
+        ret["ranks"] = self._rank_states or [self._local_resume_state()]
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        ranks = state_dict.get("ranks")
+        world = comm.get_world_size()
+        if not ranks or len(ranks) != world:
+            saved = f"{len(ranks)} processes" if ranks else "no RNG or data-loader state"
+            logger.warning(
+                f"The checkpoint has {saved}; this run has {world}: the data order and random "
+                "numbers after resuming differ from those of an uninterrupted run."
+            )
+            return
+        mine = ranks[comm.get_rank()]
+        set_rng_states(mine["rng"])
+        if mine.get("data_loader") is not None and hasattr(self.data_loader, "load_state_dict"):
+            self.data_loader.load_state_dict(mine["data_loader"])

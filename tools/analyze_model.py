@@ -29,7 +29,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from lite_detr.data import sample_inputs  # noqa: E402
+from lite_detr.data import positive_int, sample_inputs  # noqa: E402
 from lite_detr.engine import ConfigError, load_config  # noqa: E402
 from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
 from lite_detr.evaluation import FlopCountAnalysis  # noqa: E402
@@ -111,8 +111,12 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     add_tasks_argument(parser, ["flop", "parameter", "structure"], default=["flop", "parameter"])
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
-    parser.add_argument("--num-inputs", type=int, default=1, help="images to average FLOPs over")
+    parser.add_argument(
+        "--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=None
+    )
+    parser.add_argument(
+        "--num-inputs", type=positive_int, default=1, help="images to average FLOPs over"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 
@@ -125,7 +129,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config_file, args.opts)
         return analyze(cfg, args.tasks, args.input_size, args.num_inputs)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:  # ValueError: e.g. an input too small for the model
         print(f"analyze_model.py: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -32,7 +32,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lite_detr.data import sample_inputs  # noqa: E402
+from lite_detr.data import positive_int, sample_inputs  # noqa: E402
 from lite_detr.engine import ConfigError, check_config, load_config  # noqa: E402
 from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
 
@@ -154,7 +154,9 @@ def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
     add_tasks_argument(parser, ["inference", "train", "data"], default=["inference"])
-    parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None)
+    parser.add_argument(
+        "--input-size", nargs=2, type=positive_int, metavar=("H", "W"), default=None
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
@@ -173,7 +175,7 @@ def main(argv=None):
         if "data" in args.tasks:  # the others fall back to random images without the dataset
             check_config(cfg)
         return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
-    except ConfigError as e:
+    except (ConfigError, ValueError) as e:  # ValueError: e.g. an input too small for the model
         print(f"benchmark.py: error: {e}", file=sys.stderr)
         sys.exit(2)
 

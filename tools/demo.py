@@ -7,6 +7,8 @@ Run a trained model on images, a folder or a video; write visualised predictions
 
 Images give ``out/<name>.png`` (detectron2 ``Visualizer``), videos ``out/<name>.mp4`` (needs
 OpenCV); all detections (boxes XYXY in input pixels, score, class) go to ``out/results.json``.
+Images are read with their EXIF orientation applied; an unreadable image is skipped with a
+warning.
 """
 
 import argparse
@@ -27,12 +29,15 @@ import torch  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from lite_detr.checkpoint import CheckpointError  # noqa: E402
 from lite_detr.engine import ConfigError, build_checkpointer, load_config  # noqa: E402
+from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
 
 logger = logging.getLogger("lite_detr.demo")
 
@@ -56,6 +61,8 @@ class Predictor:
                 raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
             try:
                 build_checkpointer(self.model).load(weights)
+            except CheckpointError as e:  # names the file
+                raise ConfigError(str(e)) from e
             except Exception as e:  # e.g. a checkpoint of another encoder variant
                 raise ConfigError(f"Cannot load weights {weights!r}: {e}") from e
         mapper = cfg.dataloader.test.mapper
@@ -105,10 +112,10 @@ def _to_json(instances, class_names: List[str]) -> List[Dict]:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Read an image as RGB uint8 HWC, with a clear error for an unreadable file."""
+    """Read an image as RGB uint8 HWC with its EXIF orientation applied (as detectron2's data
+    loading does for training and evaluation); a clear error for an unreadable file."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+        return read_image(path, format="RGB")
     except Exception as e:
         raise ConfigError(
             f"Cannot read image {path!r} ({type(e).__name__}: {e}): pass a readable image file."
@@ -149,6 +156,7 @@ def _run_video(predictor, path: str, out_dir: str, threshold: float, class_names
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     out_path = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mp4")
+    tmp_path = temporary_path(out_path) + ".mp4"  # OpenCV picks the container by extension
     writer, frames = None, []
     for idx in tqdm(range(n) if n else iter(int, 1), desc=os.path.basename(path), total=n):
         ok, bgr = cap.read()
@@ -159,37 +167,50 @@ def _run_video(predictor, path: str, out_dir: str, threshold: float, class_names
         vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst).get_image()
         if writer is None:
             fourcc = cv2.VideoWriter_fourcc(*"mp4v")
-            writer = cv2.VideoWriter(out_path, fourcc, fps, (vis.shape[1], vis.shape[0]))
+            writer = cv2.VideoWriter(tmp_path, fourcc, fps, (vis.shape[1], vis.shape[0]))
         writer.write(np.ascontiguousarray(vis[:, :, ::-1]))
         frames.append({"frame": idx, "instances": _to_json(inst, class_names)})
     cap.release()
     if writer is not None:
         writer.release()
+        os.replace(tmp_path, out_path)
     return [{"file_name": path, "output": out_path, "frames": frames}]
 
 
 def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.5) -> List[Dict]:
     """Predict on every input; write PNG/MP4 visualisations and ``results.json`` into ``output``."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output!r} is a file: pass a folder (it is created).")
     files = _expand_inputs(inputs)
     predictor = Predictor(cfg, weights)
     class_names = predictor.metadata.get("thing_classes", [])
     os.makedirs(output, exist_ok=True)
-    results = []
+    results, skipped = [], []
     for path in tqdm(files, desc="demo"):
         if path.lower().endswith(VIDEO_EXTS):
             results.extend(_run_video(predictor, path, output, threshold, class_names))
             continue
-        rgb = read_rgb(path)
+        try:
+            rgb = read_rgb(path)
+        except ConfigError as e:  # one bad file must not cost the results of the others
+            logger.warning(f"Skipped: {e}")
+            skipped.append(e)
+            continue
         inst = _filter(predictor(rgb), threshold, path)
         vis = Visualizer(rgb, predictor.metadata).draw_instance_predictions(inst)
         out_path = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        vis.save(out_path)
+        with atomic_write(out_path, "wb") as f:
+            Image.fromarray(vis.get_image()).save(f, format="PNG")
         results.append(
             {"file_name": path, "output": out_path, "instances": _to_json(inst, class_names)}
         )
         logger.info(f"{path}: {len(inst)} detections >= {threshold} -> {out_path}")
-    with open(os.path.join(output, "results.json"), "w") as f:
+    if skipped and not results:
+        raise skipped[0]
+    with atomic_write(os.path.join(output, "results.json")) as f:
         json.dump(results, f, indent=1)
+    if skipped:
+        logger.warning(f"{len(skipped)} unreadable image(s) skipped (see the warnings above).")
     return results
 
 

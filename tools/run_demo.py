@@ -86,8 +86,14 @@ def _read_metrics(output_dir: str) -> List[Dict]:
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return []
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line cut off by a killed run
+                continue
+    return records
 
 
 def plot_curves(metrics: List[Dict], path: str) -> str:

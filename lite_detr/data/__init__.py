@@ -23,7 +23,7 @@ from .datasets.shapes import (
     shapes_dataset_dir,
 )
 from .resumable_loader import ResumableTrainLoader
-from .sample_inputs import sample_inputs
+from .sample_inputs import positive_int, sample_inputs
 
 __all__ = [
     "DetrDatasetMapper",
@@ -44,6 +44,7 @@ __all__ = [
     "register_shapes",
     "shapes_dataset_dir",
     "ResumableTrainLoader",
+    "positive_int",
     "sample_inputs",
 ]
 

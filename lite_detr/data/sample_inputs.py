@@ -7,9 +7,22 @@ from typing import Dict, List, Sequence
 
 import torch
 
-__all__ = ["sample_inputs"]
+__all__ = ["sample_inputs", "positive_int"]
 
 logger = logging.getLogger(__name__)
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of ``--input-size`` / ``--num-inputs``: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
 
 
 def _dataset_available(cfg) -> bool:

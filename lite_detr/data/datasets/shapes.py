@@ -9,7 +9,7 @@ Images are JPEG, annotations COCO json, so the standard COCO tooling (pycocotool
 Generation is deterministic (fixed seed) and atomic: it writes into a temporary folder under
 the same parent, writes ``MANIFEST.json`` last and renames the folder into place. A folder
 without a matching manifest (an interrupted or older generation) is never used: it is moved
-aside, removed and regenerated.
+aside, removed and regenerated; temporary folders of killed generations are removed.
 """
 
 import json
@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lite_detr.utils import publish_folder, remove_stale_temporaries, temporary_path
 
 from .coco_json import load_coco_detection_json
 
@@ -171,7 +173,7 @@ def generate_shapes_dataset(
 
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
+    tmp = temporary_path(out_dir)
     if os.path.exists(tmp):
         shutil.rmtree(tmp)
     os.makedirs(os.path.join(tmp, "annotations"))
@@ -214,7 +216,7 @@ def generate_shapes_dataset(
         manifest["splits"][split] = {"num_images": num, "num_annotations": len(annotations)}
     with open(os.path.join(tmp, _MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
-    os.rename(tmp, out_dir)
+    publish_folder(tmp, out_dir)
 
 
 def _is_complete(out_dir: str, num_train: int, num_val: int, image_size: int, seed: int) -> bool:
@@ -261,8 +263,17 @@ def ensure_shapes_dataset(
     if _is_complete(out_dir, *args):
         return out_dir
     parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        env = os.environ.get("DETECTRON2_DATASETS")
+        via = f" ($DETECTRON2_DATASETS={env!r})" if env else ""
+        raise OSError(
+            f"Cannot create the datasets folder {parent}{via}: {e.strerror}. Point "
+            "$DETECTRON2_DATASETS at a writable folder."
+        ) from e
     with FileLock(os.path.join(parent, f".{os.path.basename(out_dir)}.lock")):
+        remove_stale_temporaries(parent)  # folders of generations that were killed
         if _is_complete(out_dir, *args):  # another process finished while we waited
             return out_dir
         if os.path.exists(out_dir):

@@ -2,8 +2,10 @@
 ``tools/lazyconfig_train_net.py`` (not in the pip package: its ``do_train`` runs inline here)."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -17,6 +19,7 @@ from lite_detr.data import register_shapes
 from lite_detr.engine import load_config
 
 from .conftest import ROOT, SHAPES_CFG, TINY
+from .engine.conftest import toy_config_file  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +126,57 @@ def test_checkpoint_of_other_encoder_variant_is_refused(tiny_data, tmp_path):
     cfg = load_config(SHAPES_CFG, TINY + tiny_data + [f"train.init_checkpoint={ckpt}"])
     with pytest.raises(ConfigError, match="h2l2.pth"):
         do_eval_only(cfg)
+
+
+def _wait_for(proc, path, timeout=240):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _start(*args):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train_net.py"), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_killed_and_interrupted_run_resumes_to_the_uninterrupted_result(toy_config_file, tmp_path):
+    """kill -9, then SIGINT, then --resume: bitwise the weights of the uninterrupted run (CPU);
+    a fresh run into the finished folder is refused and changes nothing."""
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    res = _train_net("--config-file", toy_config_file, f"train.output_dir={a}")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    proc = _start("--config-file", toy_config_file, f"train.output_dir={b}")
+    _wait_for(proc, os.path.join(b, "model_0000002.pth"))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc = _start("--config-file", toy_config_file, "--resume", f"train.output_dir={b}")
+    _wait_for(proc, os.path.join(b, "model_0000008.pth"))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("train_net.py: interrupted;")
+    res = _train_net("--config-file", toy_config_file, "--resume", f"train.output_dir={b}")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    want = torch.load(os.path.join(a, "model_final.pth"), weights_only=False)
+    got = torch.load(os.path.join(b, "model_final.pth"), weights_only=False)
+    assert got["iteration"] == want["iteration"] == 11
+    for k, v in want["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    for k, s in want["optimizer"]["state"].items():
+        assert torch.equal(s["exp_avg_sq"], got["optimizer"]["state"][k]["exp_avg_sq"]), k
+
+    before = {n: os.stat(os.path.join(a, n)).st_mtime_ns for n in os.listdir(a)}
+    res = _train_net("--config-file", toy_config_file, f"train.output_dir={a}")
+    assert res.returncode == 2
+    assert "already holds a run" in res.stderr and "--resume" in res.stderr
+    assert {n: os.stat(os.path.join(a, n)).st_mtime_ns for n in os.listdir(a)} == before

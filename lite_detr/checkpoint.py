@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -59,8 +59,8 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
 
     def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
-        self.resumed_from: Optional[str] = None  # the file --resume loaded, if any
-        self._preloaded: Optional[Tuple[str, dict]] = None
+        self.resumed_from: str | None = None  # the file --resume loaded, if any
+        self._preloaded: Tuple[str, dict] | None = None
         self._strict = False
 
     # -- saving ----------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
         others.sort(key=lambda p: (os.path.getmtime(p), p), reverse=True)  # newest first
         return ([tagged] if tagged else []) + others, notes
 
-    def _newest_intact_checkpoint(self) -> Optional[Tuple[str, dict]]:
+    def _newest_intact_checkpoint(self) -> Tuple[str, dict] | None:
         candidates, notes = self._resume_candidates()
         if not candidates:
             if notes:
@@ -169,8 +169,8 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 loaded = super()._load_file(filename)
         except Exception as e:  # torch.load / pickle raise many types for a non-checkpoint
             raise CheckpointError(
-                f"{filename} is not a readable checkpoint ({_reason(e)}): pass a .pth file written "
-                "by train_net.py or torch.save({'model': state_dict})."
+                f"{filename} is not a readable checkpoint ({_reason(filename, e)}): pass a .pth "
+                "file written by train_net.py or torch.save({'model': state_dict})."
             ) from e
         if native:
             if isinstance(loaded, Mapping) and "model" not in loaded:
@@ -231,13 +231,38 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
             )
 
 
-def _reason(e: BaseException) -> str:
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    for line in lines:  # torch's weights-only message puts the cause on its own line
-        if "WeightsUnpickler error:" in line:
-            return line.split("WeightsUnpickler error:", 1)[1].strip()[:200]
-    first = lines[0][:200] if lines else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+_MAGIC = {
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x89PNG": "a PNG image",
+    b"\x93NUMPY": "a NumPy .npy array",
+    b"PK\x03\x04": "a damaged or truncated PyTorch file",
+}
+
+
+def _reason(filename: str, e: BaseException) -> str:
+    """What ``filename`` is, as far as its first bytes tell, and why it cannot be loaded."""
+    try:
+        size = os.path.getsize(filename)
+        with open(filename, "rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    if size == 0:
+        return "the file is empty"
+    what = next((name for magic, name in _MAGIC.items() if head.startswith(magic)), None)
+    if what is None:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if text and all(c.isprintable() or c.isspace() for c in text):
+            what = "a text file"
+    detail = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
+    if what is None:
+        return f"unknown content, {size} bytes; torch.load: {detail}"
+    if what.startswith("a damaged"):
+        return f"{what}, {size} bytes; torch.load: {detail}"
+    return f"{what}, {size} bytes"
 
 
 def _check_structure(filename: str, loaded) -> None:

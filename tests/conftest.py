@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES_CFG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
 # a small Lite-DINO of the demo config's structure, fast enough for CPU tests
@@ -20,3 +22,52 @@ TINY_MODEL = [
 ]
 # ... on 128 px images
 TINY = TINY_MODEL + ["dataloader.input_size=128"]
+
+
+# the toy_cfg fixture as a config file, for train_net.py subprocesses (dataset root: {root})
+TOY_CONFIG_FILE = """
+import torch
+from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
+from detectron2.solver import WarmupParamScheduler
+from detectron2.solver.build import get_default_optimizer_params
+from fvcore.common.param_scheduler import MultiStepParamScheduler
+
+from lite_detr.data import register_shapes
+from tests.engine.conftest import ToyDetector
+
+register_shapes("toy_file_shapes", root={root!r}, num_train=16, num_val=8, image_size=128)
+dataloader = LazyConfig.load({data!r}).dataloader
+train = LazyConfig.load({train!r}).train
+model = L(ToyDetector)(num_classes=4, dropout=0.5)
+optimizer = L(torch.optim.AdamW)(
+    params=L(get_default_optimizer_params)(), lr=1e-2, weight_decay=1e-4
+)
+lr_multiplier = L(WarmupParamScheduler)(
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1], milestones=[5], num_updates=100),
+    warmup_length=0.0,
+    warmup_factor=1.0,
+)
+dataloader.train.dataset.names = "toy_file_shapes_train"
+dataloader.test.dataset.names = "toy_file_shapes_val"
+dataloader.train.num_workers = 1
+dataloader.test.num_workers = 0
+dataloader.input_size = 128
+train.update(device="cpu", max_iter=12, eval_period=0, log_period=1, seed=0)
+train.checkpointer = dict(period=3, max_to_keep=10)
+"""
+
+
+@pytest.fixture
+def toy_config_file(tmp_path_factory):
+    """A config file of the toy detector on a 16/8-image shapes dataset."""
+    folder = tmp_path_factory.mktemp("toy_config")
+    path = folder / "toy_config.py"
+    path.write_text(
+        TOY_CONFIG_FILE.format(
+            root=str(folder / "datasets"),
+            data=os.path.join(ROOT, "configs/common/data/shapes.py"),
+            train=os.path.join(ROOT, "configs/common/train.py"),
+        )
+    )
+    return str(path)

@@ -104,3 +104,51 @@ def test_checkpointer_asks_to_convert_a_release_checkpoint(tmp_path):
     torch.save({"model": {"transformer.encoder.layers.0.norm1.weight": torch.ones(32)}}, path)
     with pytest.raises(ValueError, match="convert it first with python tools/convert_lite_detr"):
         LiteDetrCheckpointer(build()).load(path)
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("text", "not a readable checkpoint"),
+        ("jpeg", "not a readable checkpoint"),
+        ("npy", "not a readable checkpoint"),
+        ("random", "not a readable checkpoint"),
+        ("empty", "not a readable checkpoint"),
+        ("truncated", "not a readable checkpoint"),
+        ("tensor", "holds a Tensor, not a checkpoint"),
+        ("list", "holds a list, not a checkpoint"),
+        ("dict of ints", "maps 'a' to a int, not a tensor"),
+    ],
+)
+def test_non_checkpoint_files_name_the_file(tmp_path, saved, kind, message):
+    import numpy as np
+    from PIL import Image
+
+    from lite_detr.checkpoint import CheckpointError
+
+    path = tmp_path / f"weights_{kind.replace(' ', '_')}.pth"
+    if kind == "text":
+        path.write_text("hello, this is not a checkpoint\n")
+    elif kind == "jpeg":
+        Image.new("RGB", (8, 8)).save(path, format="JPEG")
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    elif kind == "random":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        data = open(saved[0], "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), path)
+    elif kind == "list":
+        torch.save([1, 2], path)
+    else:
+        torch.save({"a": 1}, path)
+    with pytest.raises(CheckpointError) as e:
+        LiteDetrCheckpointer(build()).load(str(path))
+    text = str(e.value)
+    assert text.startswith(str(path)) and message in text, text
+    assert "\n" not in text and "pytorch.org" not in text

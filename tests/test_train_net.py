@@ -19,7 +19,6 @@ from lite_detr.data import register_shapes
 from lite_detr.engine import load_config
 
 from .conftest import ROOT, SHAPES_CFG, TINY
-from .engine.conftest import toy_config_file  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ number of workers.
 
 import itertools
 import logging
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 import torch
@@ -106,13 +106,13 @@ class ResumableTrainLoader:
     def __init__(
         self,
         dataset,
-        mapper: Optional[Callable],
+        mapper: Callable | None,
         total_batch_size: int,
         *,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         aspect_ratio_grouping: bool = True,
         num_workers: int = 0,
-        collate_fn: Optional[Callable] = None,
+        collate_fn: Callable | None = None,
     ):
         self.world, self.rank = comm.get_world_size(), comm.get_rank()
         if total_batch_size <= 0 or total_batch_size % self.world != 0:

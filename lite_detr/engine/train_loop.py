@@ -2,7 +2,7 @@
 
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 from detectron2.engine import SimpleTrainer
@@ -66,7 +66,7 @@ class LiteDetrTrainer(SimpleTrainer):
         self.clip_grad_params = dict(clip_grad_params) if clip_grad_params else None
         use_scaler = amp_enabled and self.amp_dtype == torch.float16
         self.grad_scaler = torch.amp.GradScaler(device_type) if use_scaler else None
-        self._rank_states: Optional[List[Dict]] = None
+        self._rank_states: List[Dict] | None = None
 
     def run_step(self):
         assert self.model.training, "[LiteDetrTrainer] model was changed to eval mode!"

@@ -93,3 +93,24 @@ def test_builtin_names_registered():
     for name in ("shapes_train", "shapes_val"):
         assert name in DatasetCatalog.list()
         assert MetadataCatalog.get(name).thing_classes == SHAPES_CLASSES
+
+
+def test_interrupted_generations_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # a pid that no longer runs: its generation was killed
+    stale = tmp_path / f".tiny.tmp-{proc.pid}"
+    (stale / "train").mkdir(parents=True)
+    (stale / "train" / "000000.jpg").write_bytes(b"half an image")
+    ensure_shapes_dataset(str(tmp_path / "tiny"), num_train=2, num_val=1, image_size=64)
+    assert sorted(os.listdir(tmp_path)) == [".tiny.lock", "tiny"]
+
+
+def test_datasets_root_that_is_a_file(tmp_path, monkeypatch):
+    root = tmp_path / "datasets"
+    root.write_text("")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    with pytest.raises(OSError, match=r"\$DETECTRON2_DATASETS=.*datasets'.*writable folder"):
+        ensure_shapes_dataset(str(root / "shapes"), num_train=2, num_val=1, image_size=64)

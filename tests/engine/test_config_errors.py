@@ -69,3 +69,79 @@ def test_registered_dataset_without_files(tmp_path):
     # the lazily generated shapes dataset passes before it is generated
     cfg = load_config(SHAPES_CFG)
     check_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.max_iter=abc", "train.max_iter must be an integer >= 1, got 'abc'"),
+        ("train.max_iter=-5", "train.max_iter must be an integer >= 1, got -5"),
+        ("train.max_iter=2.5", "train.max_iter must be an integer >= 1, got 2.5"),
+        ("dataloader.train.total_batch_size=0", "total_batch_size must be an integer >= 1"),
+        ("train.log_period=0", "train.log_period must be an integer >= 1, got 0"),
+        ("optimizer.lr=fast", "optimizer.lr must be a number > 0, got 'fast'"),
+        ("optimizer.lr=0", "optimizer.lr must be a number > 0, got 0"),
+        ("optimizer.lr=nan", "optimizer.lr must be a number > 0, got nan"),
+        ("train.checkpointer.period=0", "train.checkpointer.period must be an integer >= 1"),
+        ("train.checkpointer.max_to_keep=0", r"max_to_keep must be an integer >= 1 \(or None\)"),
+        ("train.eval_period=-1", "train.eval_period must be an integer >= 0"),
+        ("dataloader.train.num_workers=-2", "num_workers must be an integer >= 0"),
+        ("train.seed=abc", "train.seed must be an integer >= -1"),
+        ("model.num_classes=0", "model.num_classes must be an integer >= 1"),
+        (
+            "model.num_classes=80",
+            "model.num_classes=80 but dataset 'shapes_val'.*has 4 classes.*model.num_classes=4",
+        ),
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(override, message):
+    cfg = load_config(SHAPES_CFG, [override])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+
+
+def test_checkpointer_max_to_keep_none_is_valid():
+    check_config(load_config(SHAPES_CFG, ["train.checkpointer.max_to_keep=null"]))
+
+
+def test_config_syntax_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad_config.py"
+    bad.write_text("from detectron2.config import LazyCall as L\n\nmodel = dict(a=1,\ntrain = 3\n")
+    with pytest.raises(ConfigError, match=r"bad_config.py, line 3: SyntaxError"):
+        load_config(str(bad))
+    bad.write_text("x = 1\ny = undefined_name + 1\n")
+    with pytest.raises(ConfigError, match=r"bad_config.py, line 2: NameError: .*undefined_name"):
+        load_config(str(bad))
+
+
+@pytest.mark.parametrize("kind", ["file", "missing"])
+def test_datasets_root_that_is_not_a_folder(tmp_path, monkeypatch, kind):
+    root = tmp_path / "datasets"
+    if kind == "file":
+        root.write_text("")
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
+    with pytest.raises(ConfigError, match=rf"\$DETECTRON2_DATASETS='{root}' is (a file|missing)"):
+        check_config(load_config(SHAPES_CFG))
+
+
+def test_output_dir_of_a_run_is_refused_without_resume_or_overwrite(tmp_path):
+    from lite_detr.engine import check_output_dir, claim_output_dir
+
+    out = str(tmp_path / "run")
+    check_output_dir(out, resume=False)  # a new folder
+    os.makedirs(out)
+    (tmp_path / "run" / "model_final.pth").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="already holds a run.*model_final.pth.*--resume"):
+        check_output_dir(out, resume=False)
+    check_output_dir(out, resume=True)
+    check_output_dir(out, resume=False, overwrite=True)
+    lock = claim_output_dir(out)  # a run in progress: refused even with --resume / --overwrite
+    try:
+        for resume, overwrite in ((True, False), (False, True)):
+            with pytest.raises(ConfigError, match=f"in use by a running.*pid {os.getpid()}"):
+                check_output_dir(out, resume=resume, overwrite=overwrite)
+    finally:
+        lock.close()
+    lock = claim_output_dir(out, overwrite=True)
+    lock.close()
+    assert os.listdir(out) == [".train_net.lock"]  # the previous run's files are gone

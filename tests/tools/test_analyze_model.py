@@ -47,3 +47,20 @@ def test_analyze_tasks_and_dataset_fallback(tools_data):
     ret = analyze_model.analyze(cfg, ["flop", "parameter"], input_size=(96, 96))
     assert ret["flops"]["encoder"] > 0
     assert ret["params"][""] == sum(p.numel() for p in instantiate(cfg.model).parameters())
+
+
+def test_bad_input_size_and_num_inputs_give_one_line(capsys):
+    import pytest
+
+    analyze_model = load_tool("analyze_model")
+    for argv in (["--input-size", "0", "0"], ["--input-size", "-5", "10"], ["--num-inputs", "0"]):
+        with pytest.raises(SystemExit) as e:
+            analyze_model.main(["--config-file", SHAPES_CFG, *argv] + TINY)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "is not a positive integer" in err and "Traceback" not in err
+    # an image too small for the model's queries: the model's message, no traceback
+    with pytest.raises(SystemExit) as e:
+        analyze_model.main(["--config-file", SHAPES_CFG, "--input-size", "1", "1"] + TINY)
+    assert e.value.code == 2
+    assert "analyze_model.py: error: " in capsys.readouterr().err

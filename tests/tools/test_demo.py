@@ -90,3 +90,32 @@ def test_demo_says_when_nothing_passes_the_threshold(tmp_path, weights, tools_da
     (result,) = demo.run(cfg, weights, [str(image)], str(tmp_path / "out"), threshold=0.0)
     names = {inst["category"] for inst in result["instances"]}
     assert names and names <= {"circle", "rectangle", "triangle", "star"}
+
+
+def test_demo_skips_unreadable_images_and_applies_exif_orientation(tmp_path, weights, tools_data):
+    demo = load_tool("demo")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (60, 100, 3), dtype=np.uint8)).save(folder / "good.png")
+    # a camera JPEG stored landscape (100x60) with "rotate 90" in its EXIF: shown as 60x100
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = Image.fromarray(rng.integers(0, 255, (60, 100, 3), dtype=np.uint8))
+    rotated.save(folder / "rotated.jpg", exif=exif)
+    # a JPEG cut off mid-file (an interrupted copy)
+    Image.fromarray(rng.integers(0, 255, (60, 100, 3), dtype=np.uint8)).save(folder / "cut.jpg")
+    data = (folder / "cut.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    out = tmp_path / "out"
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    results = demo.run(cfg, weights, [str(folder)], str(out), threshold=0.0)
+    assert [os.path.basename(r["file_name"]) for r in results] == ["good.png", "rotated.jpg"]
+    assert sorted(os.listdir(out)) == ["good.png", "results.json", "rotated.png"]
+    with Image.open(out / "rotated.png") as im:
+        assert im.size == (60, 100)  # width x height after the EXIF rotation
+    assert demo.read_rgb(str(folder / "rotated.jpg")).shape == (100, 60, 3)
+    file_output = tmp_path / "file_output"
+    file_output.write_text("")
+    with pytest.raises(ConfigError, match="--output .*file_output' is a file"):
+        demo.run(cfg, weights, [str(folder)], str(file_output))

@@ -123,11 +123,14 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(toy_cfg, tmp_path, da
     else:
         with open(last, "wb") as f:
             f.write(b"\xff\xfe\x00junk")
-    assert _resume(toy_cfg, 8) == 6  # resumed from model_0000005.pth
+    assert _resume(toy_cfg, 8) == 6  # model_0000005.pth and model_final.pth: iteration 5
     warnings = [r.getMessage() for r in caplog.records if "--resume" in r.getMessage()]
-    assert warnings and "model_0000005.pth instead" in warnings[0]
-    if damage != "garbage last_checkpoint":
-        assert "model_final.pth" in warnings[0]
+    assert len(warnings) == 1
+    if damage == "garbage last_checkpoint":  # the newest file is used
+        assert "last_checkpoint is unreadable" in warnings[0]
+        assert "model_final.pth instead" in warnings[0]
+    else:  # the damaged file and the one used instead
+        assert "model_final.pth" in warnings[0] and "model_0000005.pth instead" in warnings[0]
 
 
 def test_resume_without_any_intact_checkpoint_names_the_files(toy_cfg):

@@ -1,9 +1,14 @@
 """COCO evaluation that works with or without detectron2's compiled COCOeval."""
 
 import logging
+import os
+import shutil
 
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
+from detectron2.utils import comm
+
+from lite_detr.utils import remove_stale_temporaries, temporary_path
 
 __all__ = ["COCOEvaluator", "has_fast_coco_eval", "results_table"]
 
@@ -26,7 +31,8 @@ class COCOEvaluator(_D2COCOEvaluator):
     Builds without detectron2's C++ sources (e.g. the PyPI sdist) lack the fast COCOeval: there
     detectron2's default ``use_fast_impl=True`` crashes at the end of evaluation, after all
     inference time is spent. The dataset is also materialised first, so a lazily generated
-    dataset (``shapes_val``) exists before its ``json_file`` is opened.
+    dataset (``shapes_val``) exists before its ``json_file`` is opened. Its output files are
+    replaced atomically.
     """
 
     def __init__(
@@ -72,6 +78,25 @@ class COCOEvaluator(_D2COCOEvaluator):
             **kwargs,
         )
 
+    def evaluate(self, img_ids=None):
+        """detectron2's ``evaluate``; its files (``instances_predictions.pth``,
+        ``coco_instances_results.json``) are written to a temporary folder and renamed into
+        ``output_dir`` once complete, so an interrupted evaluation leaves the previous ones."""
+        out = self._output_dir
+        if not out or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        os.makedirs(out, exist_ok=True)
+        remove_stale_temporaries(out)
+        tmp = temporary_path(os.path.join(out, "coco_eval"))
+        self._output_dir = tmp
+        try:
+            ret = super().evaluate(img_ids)
+            for name in os.listdir(tmp) if os.path.isdir(tmp) else []:
+                os.replace(os.path.join(tmp, name), os.path.join(out, name))
+        finally:
+            self._output_dir = out
+            shutil.rmtree(tmp, ignore_errors=True)
+        return ret
 
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -39,7 +39,12 @@ def test_train_clip_ema_checkpoint_and_eval(toy_cfg):
     # the EMA differs from the raw weights (it averages), but has the same keys
     assert ema["state"].keys() == ckpt["model"].keys()
     assert not torch.equal(ema["state"]["box.weight"], ckpt["model"]["box.weight"])
-    assert os.path.isfile(os.path.join(out, "inference", "eval_results.json"))
+    # evaluator files renamed into place (no temporary folder left)
+    assert sorted(os.listdir(os.path.join(out, "inference"))) == [
+        "coco_instances_results.json",
+        "eval_results.json",
+        "instances_predictions.pth",
+    ]
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
     # --eval-only evaluates the EMA weights from the checkpoint
     toy_cfg.train.init_checkpoint = os.path.join(out, "model_final.pth")

@@ -410,8 +410,9 @@ def claim_output_dir(output_dir: str, *, overwrite: bool = False):
 
 
 def _trim_metrics(output_dir: str, iteration: int) -> None:
-    """On resume, drop ``metrics.json`` lines of iterations after the resumed checkpoint (the
-    interrupted run logged them; they are trained again) and a line cut off by a kill."""
+    """On resume, drop the ``metrics.json`` lines of training steps after the resumed checkpoint
+    (the interrupted run logged them; they are trained again) and a line cut off by a kill. The
+    evaluation line of a finished run (logged at ``max_iter``, without losses) stays."""
     path = os.path.join(output_dir, "metrics.json")
     if not os.path.isfile(path):
         return
@@ -423,7 +424,9 @@ def _trim_metrics(output_dir: str, iteration: int) -> None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("iteration", -1) <= iteration:
+        if not isinstance(record, dict):
+            continue
+        if record.get("iteration", -1) <= iteration or "total_loss" not in record:
             keep.append(line if line.endswith("\n") else line + "\n")
     if len(keep) != len(lines):
         with atomic_write(path) as f:
@@ -523,14 +526,6 @@ def do_train(args, cfg: DictConfig):
             ema_hook,  # before the checkpointer and eval, so both see this step's average
             PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank
             hooks.EvalHook(cfg.train.eval_period, _eval),
-            (
-                EarlyPeriodicWriter(
-                    build_writers(cfg.train.output_dir, cfg.train.max_iter),
-                    period=cfg.train.log_period,
-                )
-                if comm.is_main_process()
-                else None
-            ),
         ]
     )
 
@@ -545,6 +540,9 @@ def do_train(args, cfg: DictConfig):
             _trim_metrics(cfg.train.output_dir, trainer.iter)
     else:
         start_iter = 0
+    if comm.is_main_process():  # last, and after the trim: the JSON writer opens metrics.json
+        writers = build_writers(cfg.train.output_dir, cfg.train.max_iter)
+        trainer.register_hooks([EarlyPeriodicWriter(writers, period=cfg.train.log_period)])
     trainer.train(start_iter, cfg.train.max_iter)
     return trainer
 

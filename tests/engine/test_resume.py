@@ -60,6 +60,8 @@ def test_crash_and_resume_equals_uninterrupted_run(toy_cfg, tmp_path):
     toy_cfg.train.output_dir = str(tmp_path / "b")
     seed_all_rng(0)
     _train_until(toy_cfg, 4)  # checkpoint at iteration 2, crash at 4
+    with open(tmp_path / "b" / "metrics.json", "a") as f:
+        f.write('{"iteration": 5, "total_lo')  # a line cut off by kill -9
     _train_until(toy_cfg, 7, resume=True)  # resumes at 3, checkpoint at 5, crash at 7
     do_train(_args(True), toy_cfg)  # resumes at 6
     got = _final(tmp_path / "b")
@@ -69,8 +71,10 @@ def test_crash_and_resume_equals_uninterrupted_run(toy_cfg, tmp_path):
         assert torch.equal(s["exp_avg"], got["optimizer"]["state"][k]["exp_avg"])
     # metrics.json has each iteration once (the crashed runs' extra lines are dropped)
     with open(tmp_path / "b" / "metrics.json") as f:
-        iters = [json.loads(line)["iteration"] for line in f if "total_loss" in line]
-    assert iters == sorted(set(iters))
+        records = [json.loads(line) for line in f]
+    iters = [r["iteration"] for r in records if "total_loss" in r]
+    assert iters == list(range(1, 10, 2))  # log_period=2
+    assert "bbox/AP" in records[-1]  # the final evaluation
 
 
 def _resume(cfg, max_iter):

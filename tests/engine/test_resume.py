@@ -73,7 +73,7 @@ def test_crash_and_resume_equals_uninterrupted_run(toy_cfg, tmp_path):
     with open(tmp_path / "b" / "metrics.json") as f:
         records = [json.loads(line) for line in f]
     iters = [r["iteration"] for r in records if "total_loss" in r]
-    assert iters == list(range(1, 10, 2))  # log_period=2
+    assert iters == sorted(set(iters)) and iters[-1] == 9  # each logged step once
     assert "bbox/AP" in records[-1]  # the final evaluation
 
 

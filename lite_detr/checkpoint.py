@@ -258,6 +258,13 @@ def _reason(filename: str, e: BaseException) -> str:
         if text and all(c.isprintable() or c.isspace() for c in text):
             what = "a text file"
     detail = str(e).strip().splitlines()[0][:150] if str(e).strip() else type(e).__name__
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+    if found:  # a complete file, refused by torch.load(weights_only=True)
+        return (
+            f"a PyTorch file that holds Python objects besides tensors ({found.group(1)}); a "
+            "checkpoint of the authors' release must be converted first: python "
+            "tools/convert_lite_detr_checkpoint.py INPUT.pth OUTPUT.pth"
+        )
     if what is None:
         return f"unknown content, {size} bytes; torch.load: {detail}"
     if what.startswith("a damaged"):

@@ -118,6 +118,7 @@ def test_checkpointer_asks_to_convert_a_release_checkpoint(tmp_path):
         ("tensor", "holds a Tensor, not a checkpoint"),
         ("list", "holds a list, not a checkpoint"),
         ("dict of ints", "maps 'a' to a int, not a tensor"),
+        ("python objects", "holds Python objects besides tensors (argparse.Namespace)"),
     ],
 )
 def test_non_checkpoint_files_name_the_file(tmp_path, saved, kind, message):
@@ -145,6 +146,10 @@ def test_non_checkpoint_files_name_the_file(tmp_path, saved, kind, message):
         torch.save(torch.zeros(3), path)
     elif kind == "list":
         torch.save([1, 2], path)
+    elif kind == "python objects":  # as the authors' release files keep their options
+        import argparse
+
+        torch.save({"model": {}, "args": argparse.Namespace(lr=1e-4)}, path)
     else:
         torch.save({"a": 1}, path)
     with pytest.raises(CheckpointError) as e:

@@ -98,6 +98,7 @@ class COCOEvaluator(_D2COCOEvaluator):
             shutil.rmtree(tmp, ignore_errors=True)
         return ret
 
+
 SUMMARY_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 

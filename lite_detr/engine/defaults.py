@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import CheckpointError, LiteDetrCheckpointer
 from ..data.resumable_loader import ResumableTrainLoader
-from ..utils import atomic_write, preserved_rng_states
+from ..utils import atomic_write, pid_alive, preserved_rng_states
 from .ema import EMAHook, apply_ema_weights
 from .hooks import PeriodicCheckpointer
 from .train_loop import LiteDetrTrainer
@@ -335,7 +335,10 @@ def _lock_holder(output_dir: str):
         try:
             fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return f.read().strip() or "?"
+            pid = f.read().strip()
+            # a run killed with kill -9 can leave its data-loader workers holding the lock for a
+            # few seconds: the run itself is over
+            return pid if not pid.isdigit() or pid_alive(int(pid)) else None
         fcntl.flock(f, fcntl.LOCK_UN)
     return None
 
@@ -381,15 +384,20 @@ def claim_output_dir(output_dir: str, *, overwrite: bool = False):
     Call on the main process only, after :func:`check_output_dir`.
     """
     os.makedirs(output_dir, exist_ok=True)
-    lock = open(os.path.join(output_dir, _RUN_LOCK), "a+")
+    path = os.path.join(output_dir, _RUN_LOCK)
+    lock = open(path, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         lock.close()
-        raise ConfigError(
-            f"train.output_dir={output_dir!r} is in use by another train_net.py: "
-            "choose another train.output_dir."
-        ) from None
+        if _lock_holder(output_dir) is not None:
+            raise ConfigError(
+                f"train.output_dir={output_dir!r} is in use by another train_net.py: "
+                "choose another train.output_dir."
+            ) from None
+        os.remove(path)  # held by orphans of a killed run: lock a new file
+        lock = open(path, "a+")
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()

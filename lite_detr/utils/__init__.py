@@ -2,6 +2,7 @@
 
 from .file_io import (
     atomic_write,
+    pid_alive,
     publish_folder,
     remove_stale_temporaries,
     temporary_path,
@@ -10,6 +11,7 @@ from .rng import get_rng_states, preserved_rng_states, set_rng_states
 
 __all__ = [
     "atomic_write",
+    "pid_alive",
     "publish_folder",
     "remove_stale_temporaries",
     "temporary_path",

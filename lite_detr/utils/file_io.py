@@ -14,7 +14,13 @@ import re
 import shutil
 from typing import List
 
-__all__ = ["atomic_write", "publish_folder", "remove_stale_temporaries", "temporary_path"]
+__all__ = [
+    "atomic_write",
+    "pid_alive",
+    "publish_folder",
+    "remove_stale_temporaries",
+    "temporary_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +79,8 @@ def publish_folder(tmp_dir: str, path: str) -> None:
     _fsync_folder(os.path.dirname(os.path.abspath(path)))
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (on this machine)."""
     if pid == os.getpid():
         return True
     try:
@@ -100,7 +107,7 @@ def remove_stale_temporaries(folder: str) -> List[str]:
         return removed
     for name in names:
         m = _TEMPORARY.match(name)
-        if m is None or _alive(int(m.group("pid"))):
+        if m is None or pid_alive(int(m.group("pid"))):
             continue
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path):

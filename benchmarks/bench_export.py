@@ -110,7 +110,7 @@ def main(argv=None):
         if name == "PyTorch eager":
             continue
         try:
-            diff = compare_detections(outputs["PyTorch eager"], outputs[name], (h, w))
+            diff = compare_detections(outputs["PyTorch eager"], outputs[name], (h, w), name)
             print(
                 f"{name} vs eager: {diff['matched']}/{diff['detections']} detections matched, max "
                 f"score diff {diff['max_score_diff']:.2g}, max box diff "

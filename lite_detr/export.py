@@ -162,7 +162,7 @@ def _first_line(e: Exception) -> str:
 
 
 def compare_detections(
-    expected: Sequence[Tensor], actual: Sequence, size: Tuple[int, int]
+    expected: Sequence[Tensor], actual: Sequence, size: Tuple[int, int], name: str = "ONNX Runtime"
 ) -> Dict[str, float]:
     """
     Check that two runs gave the same detections: each detection of ``expected`` (boxes, scores,
@@ -181,7 +181,7 @@ def compare_detections(
     where = f"at {size[0]}x{size[1]}"
     if len(o_scores) != len(scores):
         raise ExportError(
-            f"ONNX Runtime detections differ from PyTorch's {where}: {len(o_scores)} "
+            f"{name} detections differ from PyTorch's {where}: {len(o_scores)} "
             f"detections, PyTorch {len(scores)}"
         )
     score_diff = (scores[:, None] - o_scores[None, :]).abs()  # (K, K')
@@ -207,7 +207,7 @@ def compare_detections(
     for i in unmatched:
         if float(scores[i]) > cut:
             raise ExportError(
-                f"ONNX Runtime detections differ from PyTorch's {where}: PyTorch's detection "
+                f"{name} detections differ from PyTorch's {where}: PyTorch's detection "
                 f"#{i} (label {int(labels[i])}, score {float(scores[i]):.6f}, box "
                 f"{[round(v, 2) for v in boxes[i].tolist()]}) has no counterpart within "
                 f"{SCORE_TOLERANCE} in score and {BOX_TOLERANCE} px"
@@ -215,7 +215,7 @@ def compare_detections(
     for j in free.nonzero().flatten().tolist():
         if float(o_scores[j]) > o_cut:
             raise ExportError(
-                f"ONNX Runtime detections differ from PyTorch's {where}: its detection #{j} "
+                f"{name} detections differ from PyTorch's {where}: its detection #{j} "
                 f"(label {int(o_labels[j])}, score {float(o_scores[j]):.6f}) is not among "
                 "PyTorch's"
             )

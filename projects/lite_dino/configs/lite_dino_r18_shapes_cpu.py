@@ -7,7 +7,8 @@ low-level update, KDA in encoder and decoder). BatchNorm is trained (no ImageNet
 
 Measured on a shared 2-core CPU (tools/run_demo.py, one intra-op thread, ~1.03 s/iteration):
 800 iterations + evaluation in 14.5 min, shapes_val bbox AP 38.9 / AP50 49.4 / APs 31.0
-(600 iterations: AP 25.1; 900 iterations: AP 46.1).
+(600 iterations: AP 25.1; 900 iterations: AP 46.1), before the release numerics and the resumable
+loader changed the run (not re-measured since).
 """
 
 import torch

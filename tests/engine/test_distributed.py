@@ -150,7 +150,9 @@ def test_train_net_with_two_processes_and_as_two_machines(tmp_path):
             text=True,
         )
 
-    proc = train_net("--num-gpus", "2", extra=["train.max_iter=2"])
+    # a free port ("auto"): detectron2's default port is fixed per user, and another job of the
+    # same user (a second test run) may hold it
+    proc = train_net("--num-gpus", "2", "--dist-url", "auto", extra=["train.max_iter=2"])
     log, _ = proc.communicate(timeout=400)
     assert proc.returncode == 0, log[-4000:]
     assert sorted(p for p in os.listdir(out) if p.endswith(".pth")) == [

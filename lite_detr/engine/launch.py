@@ -20,6 +20,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 from detectron2.engine import launch
+from detectron2.utils import comm
 
 __all__ = ["DistributedLaunchError", "check_launch", "launch_checked"]
 
@@ -80,6 +81,17 @@ def check_launch(device: str, num_gpus: int, num_machines: int = 1) -> None:
             )
 
 
+def _run_rank(main_func, args):
+    """One rank: ``main_func(args)``, then wait for every rank and close the process group, so
+    that no rank exits while the process group's threads still run (gloo then aborts the
+    process: "terminate called without an active exception")."""
+    ret = main_func(args)
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+    return ret
+
+
 def launch_checked(
     main_func,
     args,
@@ -103,12 +115,12 @@ def launch_checked(
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by the spawned ranks
     try:
         return launch(
-            main_func,
+            _run_rank,
             args.num_gpus,
             num_machines=args.num_machines,
             machine_rank=args.machine_rank,
             dist_url=args.dist_url,
-            args=(args,),
+            args=(main_func, args),
             timeout=timeout,
         )
     except torch.multiprocessing.ProcessRaisedException as e:

@@ -1,22 +1,23 @@
 """
 Checkpointer that writes atomically, resumes from the newest intact checkpoint and refuses
-weights of another encoder variant or, when resuming, of another model.
+weights of another encoder variant (:class:`VariantTag`) or, when resuming, of another model.
 """
 
+import json
 import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from torch import Tensor, nn
 
-from lite_detr.modeling.meta_arch.dino import VariantTag
 from lite_detr.utils import atomic_write, remove_stale_temporaries
 
-__all__ = ["CheckpointError", "LiteDetrCheckpointer"]
+__all__ = ["CheckpointError", "LiteDetrCheckpointer", "VariantMismatchError", "VariantTag"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,62 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
 
 
+class VariantMismatchError(CheckpointError):
+    """A checkpoint of another architecture variant (:meth:`VariantTag.check`). The message names
+    both variants; unlike the other :class:`CheckpointError` it does not name the file, which
+    ``model.load_state_dict`` does not know."""
+
+
+class VariantTag(nn.Module):
+    """Architecture strings kept in the state dict, so that weights of one variant never load
+    silently into another (e.g. an H2L2 checkpoint into an H3L1 model: same parameter names and
+    shapes, near-zero AP).
+
+    The tags are stored as the module's ``_extra_state`` (a uint8 tensor of JSON, so that
+    detectron2's checkpointer can handle it); :meth:`set_extra_state` raises
+    :class:`VariantMismatchError` on a mismatch, which makes a plain ``model.load_state_dict``
+    fail too.
+    """
+
+    # human-readable names used in error messages
+    _NAMES = {"encoder": "encoder variant", "decoder": "decoder cross-attention"}
+
+    def __init__(self, **tags: str):
+        super().__init__()
+        self.tags = dict(tags)
+
+    @staticmethod
+    def decode(state: Tensor) -> Dict[str, str]:
+        return json.loads(bytes(state.cpu().to(torch.uint8).tolist()).decode("utf-8"))
+
+    def get_extra_state(self) -> Tensor:
+        data = json.dumps(self.tags, sort_keys=True).encode("utf-8")
+        return torch.tensor(list(data), dtype=torch.uint8)
+
+    def check(self, state: Tensor) -> None:
+        """Raise :class:`VariantMismatchError` naming both variants if ``state`` (a saved tag)
+        differs from ours."""
+        saved = self.decode(state)
+        keys = [k for k in self._NAMES if k in saved or k in self.tags]
+        keys += sorted((set(saved) | set(self.tags)) - set(keys))
+        problems = [
+            f"checkpoint {self._NAMES.get(k, k)} {saved.get(k)!r} does not match the config's "
+            f"{self.tags.get(k)!r}"
+            for k in keys
+            if saved.get(k) != self.tags.get(k)
+        ]
+        if problems:
+            raise VariantMismatchError(
+                "; ".join(problems) + " (load weights of the same variant, or change the config)"
+            )
+
+    def set_extra_state(self, state: Tensor) -> None:
+        self.check(state)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.tags.items())
+
+
 class LiteDetrCheckpointer(DetectionCheckpointer):
     """
     ``DetectionCheckpointer`` for this project's training runs.
@@ -44,17 +101,18 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
       both files) and resumes from the newest intact ``model_*.pth`` of the folder instead. A
       resumed checkpoint must match the model exactly (names and shapes): resuming with another
       model would load part of it and fail later inside the optimizer.
-    * **Variant tag**: models of this project carry a
-      :class:`~lite_detr.modeling.meta_arch.dino.VariantTag` (encoder variant such as
-      ``"H3L1-(2+1)x3/key_aware"`` and decoder cross-attention type) that is saved with the
-      weights. A checkpoint whose tag differs from the model's raises ``ValueError`` naming both,
-      instead of detectron2's default of loading what matches (an H2L2 checkpoint has the same
-      parameter names and shapes as an H3L1 model: it would load silently and give near-zero
-      AP). Checkpoints without a tag (ImageNet backbones, converted weights) load as usual; a
-      warning is logged when such a checkpoint holds encoder weights.
+    * **Variant tag**: models of this project carry a :class:`VariantTag` (encoder variant such
+      as ``"H3L1-(2+1)x3/key_aware"`` and decoder cross-attention type) that is saved with the
+      weights. A checkpoint whose tag differs from the model's raises
+      :class:`VariantMismatchError` naming both, instead of detectron2's default of loading what
+      matches (an H2L2 checkpoint has the same parameter names and shapes as an H3L1 model: it
+      would load silently and give near-zero AP). Checkpoints without a tag (ImageNet backbones,
+      converted weights) load as usual; a warning is logged when such a checkpoint holds encoder
+      weights.
 
-    Files that are not checkpoints (text, images, ``.npy``, a bare tensor, ...) raise
-    :class:`CheckpointError` naming the file that was read.
+    Files that are not checkpoints (text, images, ``.npy``, a bare tensor, ...) or that need
+    conversion (the authors' release) raise :class:`CheckpointError` naming the file that was
+    read.
     """
 
     def __init__(self, model, save_dir: str = "", *, save_to_disk=None, **checkpointables):
@@ -172,30 +230,28 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 f"{filename} is not a readable checkpoint ({_reason(filename, e)}): pass a .pth "
                 "file written by train_net.py or torch.save({'model': state_dict})."
             ) from e
+        if native and isinstance(loaded, Mapping) and "model" not in loaded:
+            loaded = {"model": loaded}
+        _check_structure(filename, loaded)
+        release = next((k for k in loaded["model"] if k.startswith(_RELEASE_PREFIXES)), None)
+        if release is not None:
+            raise CheckpointError(
+                f"{filename} is in the layout of the authors' DINO / Lite-DINO release (key "
+                f"{release!r}): convert it first with python tools/convert_lite_detr_checkpoint.py "
+                "INPUT.pth OUTPUT.pth"
+            )
         if native:
-            if isinstance(loaded, Mapping) and "model" not in loaded:
-                loaded = {"model": loaded}
-            _check_structure(filename, loaded)
             loaded["matching_heuristics"] = True
-        else:
-            _check_structure(filename, loaded)
         return loaded
 
     def _load_model(self, checkpoint):
         state = checkpoint.get("model", {})
-        release = next((k for k in state if k.startswith(_RELEASE_PREFIXES)), None)
-        if release is not None:
-            raise ValueError(
-                f"the checkpoint is in the layout of the authors' DINO / Lite-DINO release (key "
-                f"{release!r}): convert it first with python tools/convert_lite_detr_checkpoint.py "
-                "INPUT.pth OUTPUT.pth"
-            )
         for name, tag in self.model.named_modules():
             if not isinstance(tag, VariantTag):
                 continue
             key = _find_key(state, name + _TAG_SUFFIX)
             if key is not None:
-                tag.check(state[key])  # raises ValueError on a mismatch
+                tag.check(state[key])  # raises VariantMismatchError
             elif any(k.startswith(("encoder.", "module.encoder.")) for k in state):
                 logger.warning(
                     "The checkpoint has encoder weights but no variant tag: cannot verify that it "

@@ -1,6 +1,5 @@
 """DINO (Zhang et al., ICLR 2023) and Lite-DINO (Li et al., CVPR 2023) as detectron2 models."""
 
-import json
 import logging
 from typing import Dict, List, Sequence, Tuple
 
@@ -11,6 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
+from lite_detr.checkpoint import VariantTag  # re-exported: its old home
 from lite_detr.layers import KeyAwareDeformableAttention, MultiScaleDeformableAttention
 
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
@@ -20,54 +20,6 @@ from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
 __all__ = ["DINO", "LiteDINO", "VariantTag"]
 
 logger = logging.getLogger(__name__)
-
-
-class VariantTag(nn.Module):
-    """Architecture strings kept in the state dict, so that weights of one variant never load
-    silently into another (e.g. an H2L2 checkpoint into an H3L1 model: same parameter names and
-    shapes, near-zero AP).
-
-    The tags are stored as the module's ``_extra_state`` (a uint8 tensor of JSON, so that
-    detectron2's checkpointer can handle it); :meth:`set_extra_state` raises on a mismatch, which
-    makes a plain ``model.load_state_dict`` fail too.
-    """
-
-    # human-readable names used in error messages
-    _NAMES = {"encoder": "encoder variant", "decoder": "decoder cross-attention"}
-
-    def __init__(self, **tags: str):
-        super().__init__()
-        self.tags = dict(tags)
-
-    @staticmethod
-    def decode(state: Tensor) -> Dict[str, str]:
-        return json.loads(bytes(state.cpu().to(torch.uint8).tolist()).decode("utf-8"))
-
-    def get_extra_state(self) -> Tensor:
-        data = json.dumps(self.tags, sort_keys=True).encode("utf-8")
-        return torch.tensor(list(data), dtype=torch.uint8)
-
-    def check(self, state: Tensor) -> None:
-        """Raise ValueError naming both variants if ``state`` (a saved tag) differs from ours."""
-        saved = self.decode(state)
-        keys = [k for k in self._NAMES if k in saved or k in self.tags]
-        keys += sorted((set(saved) | set(self.tags)) - set(keys))
-        problems = [
-            f"checkpoint {self._NAMES.get(k, k)} {saved.get(k)!r} does not match the config's "
-            f"{self.tags.get(k)!r}"
-            for k in keys
-            if saved.get(k) != self.tags.get(k)
-        ]
-        if problems:
-            raise ValueError(
-                "; ".join(problems) + " (load weights of the same variant, or change the config)"
-            )
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.check(state)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.tags.items())
 
 
 @META_ARCH_REGISTRY.register()

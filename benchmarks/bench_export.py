@@ -17,24 +17,16 @@ Runtime are compared with eager's at ``--size``.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
+from detectron2.config import instantiate
+
+from lite_detr.config import load_config
+from lite_detr.export import ExportError, InferenceDetector, compare_detections, export_onnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from detectron2.config import instantiate  # noqa: E402
-
-from lite_detr.engine import load_config  # noqa: E402
-from lite_detr.export import (  # noqa: E402
-    ExportError,
-    InferenceDetector,
-    compare_detections,
-    export_onnx,
-)
 
 DEFAULT_CONFIG = os.path.join(
     ROOT, "projects", "lite_dino", "configs", "lite_dino_r50_4scale_h3l1_a2b3_36ep.py"

@@ -22,20 +22,17 @@ Goals (issue 4): Lite H3L1-(2+1)x3 encoder latency <= 0.45x DINO's, end-to-end <
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.utils.analysis import FlopCountAnalysis
+from omegaconf import OmegaConf
+
+from lite_detr.ops import compiled_ops_available
+from lite_detr.ops.flop_count import FLOP_HANDLES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from lite_detr.ops import compiled_ops_available  # noqa: E402
-from lite_detr.ops.flop_count import FLOP_HANDLES  # noqa: E402
 
 MODELS = os.path.join(ROOT, "projects", "lite_dino", "configs", "models")
 # name -> (model config, overrides, label)

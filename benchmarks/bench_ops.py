@@ -28,18 +28,13 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import torch
+
+from lite_detr.ops import compiled_ops_available, ms_deform_attn, ms_deform_attn_key_aware
+from lite_detr.ops.reference import ms_deform_attn_key_aware_reference, ms_deform_attn_reference
+
 LEVELS = ((100, 167), (50, 84), (25, 42), (13, 21))
 M, D, P = 8, 32, 4
-
-sys.path.insert(0, ROOT)
-import torch  # noqa: E402
-
-from lite_detr.ops import compiled_ops_available, ms_deform_attn, ms_deform_attn_key_aware  # noqa
-from lite_detr.ops.reference import (  # noqa: E402
-    ms_deform_attn_key_aware_reference,
-    ms_deform_attn_reference,
-)
 
 
 def level_tensors(device):

@@ -12,26 +12,22 @@ total and per top-level module (backbone, neck, encoder, decoder, ...), as multi
 
 import argparse
 import logging
-import os
-import sys
 import warnings
 from collections import defaultdict
 from typing import Dict, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
 # a warning on every run that no user can act on
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import torch  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import parameter_count  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from lite_detr.config import load_config  # noqa: E402
 from lite_detr.data import positive_int, sample_inputs  # noqa: E402
-from lite_detr.engine import ConfigError, load_config  # noqa: E402
-from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
+from lite_detr.engine.cli import add_tasks_argument, run_tool  # noqa: E402
 from lite_detr.evaluation import FlopCountAnalysis  # noqa: E402
 
 logger = logging.getLogger("lite_detr.analyze_model")
@@ -124,14 +120,14 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     args.opts = args.task_overrides + args.opts  # overrides right after --tasks a b
-    setup_logger(name="lite_detr")
-    setup_logger(name="fvcore")
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        return analyze(cfg, args.tasks, args.input_size, args.num_inputs)
-    except (ConfigError, ValueError) as e:  # ValueError: e.g. an input too small for the model
-        print(f"analyze_model.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_tool(
+        "analyze_model.py",
+        lambda: analyze(
+            load_config(args.config_file, args.opts), args.tasks, args.input_size, args.num_inputs
+        ),
+        errors=(ValueError,),  # e.g. an input too small for the model
+        loggers=("lite_detr", "fvcore"),
+    )
 
 
 if __name__ == "__main__":

@@ -13,14 +13,11 @@ process). Training uses batches of ``dataloader.train.total_batch_size`` images.
 import argparse
 import itertools
 import logging
-import os
 import resource
-import sys
 import time
 import warnings
 from typing import Dict, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
 # a warning on every run that no user can act on
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
@@ -29,12 +26,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from lite_detr.config import ConfigError, check_config, load_config  # noqa: E402
 from lite_detr.data import positive_int, sample_inputs  # noqa: E402
-from lite_detr.engine import ConfigError, check_config, load_config  # noqa: E402
-from lite_detr.engine.cli import add_tasks_argument  # noqa: E402
+from lite_detr.engine.cli import add_tasks_argument, run_tool  # noqa: E402
 
 logger = logging.getLogger("lite_detr.benchmark")
 
@@ -167,17 +163,17 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     args.opts = args.task_overrides + args.opts  # overrides right after --tasks a b
-    setup_logger(name="lite_detr")
-    try:
-        cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda but no CUDA GPU is available: use --device cpu.")
-        if "data" in args.tasks:  # the others fall back to random images without the dataset
-            check_config(cfg)
-        return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
-    except (ConfigError, ValueError) as e:  # ValueError: e.g. an input too small for the model
-        print(f"benchmark.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    # ValueError: e.g. an input too small for the model
+    return run_tool("benchmark.py", lambda: _main(args), errors=(ValueError,))
+
+
+def _main(args):
+    cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda but no CUDA GPU is available: use --device cpu.")
+    if "data" in args.tasks:  # the others fall back to random images without the dataset
+        check_config(cfg)
+    return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ import argparse
 import os
 import pickle
 import sys
-import tempfile
 import warnings
 
 import torch
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
 
+from lite_detr.checkpoint import VariantTag
+from lite_detr.model_zoo import get_config
 from lite_detr.released_weights import (
     RELEASED_VARIANTS,
     ConversionError,
@@ -30,8 +31,7 @@ from lite_detr.released_weights import (
     convert_released_state_dict,
     variant_from_filename,
 )
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from lite_detr.utils import atomic_write
 
 
 def load_release_checkpoint(path: str) -> dict:
@@ -70,31 +70,12 @@ def load_release_checkpoint(path: str) -> dict:
 
 def build_target(variant: str):
     """Our model of ``variant`` (random weights): its state dict is the conversion's target."""
-    cfg = LazyConfig.load(os.path.join(ROOT, RELEASED_VARIANTS[variant].config))
-    return instantiate(cfg.model).eval()
-
-
-def save_atomic(obj, path: str) -> None:
-    """torch.save to a temporary file beside ``path``, renamed at the end: ``path`` never holds a
-    partial file, and nothing is left behind on failure."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    return instantiate(get_config(RELEASED_VARIANTS[variant].config).model).eval()
 
 
 def summary(variant: str, src: str, dst: str, state: dict, dropped: dict, class_ids) -> str:
     info = RELEASED_VARIANTS[variant]
     tag = state["variant_tag._extra_state"]
-    from lite_detr.modeling.meta_arch.dino import VariantTag
-
     lines = [
         f"Converted {src} -> {dst}",
         f"  variant         {variant} (release {info.file_token}, COCO val AP {info.coco_ap})",
@@ -146,7 +127,10 @@ def main(argv=None) -> int:
         expected = build_target(variant).state_dict()
         class_ids = coco_category_ids()
         converted, dropped = convert_released_state_dict(state, expected, class_ids)
-        save_atomic({"model": converted}, args.output)
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        # a temporary file renamed at the end: the output is never a partial file
+        with atomic_write(args.output, "wb") as f:
+            torch.save({"model": converted}, f)
     except ConversionError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

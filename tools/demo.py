@@ -15,70 +15,28 @@ import argparse
 import json
 import logging
 import os
-import sys
 import warnings
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
 # a warning on every run that no user can act on
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lite_detr.checkpoint import CheckpointError  # noqa: E402
-from lite_detr.engine import ConfigError, build_checkpointer, load_config  # noqa: E402
+from lite_detr.config import ConfigError, load_config  # noqa: E402
+from lite_detr.engine import Predictor, read_rgb  # noqa: E402
+from lite_detr.engine.cli import run_tool  # noqa: E402
 from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
 
 logger = logging.getLogger("lite_detr.demo")
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv")
-
-
-class Predictor:
-    """
-    Single-image inference with the config's test-time resize; inputs are RGB uint8 HWC arrays.
-
-    Args:
-        cfg: LazyConfig with ``model``, ``dataloader.test`` and ``train.device``.
-        weights (str): checkpoint path ("" keeps the random initialisation).
-    """
-
-    def __init__(self, cfg, weights: str):
-        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
-        if weights:
-            if not os.path.isfile(weights):
-                raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
-            try:
-                build_checkpointer(self.model).load(weights)
-            except CheckpointError as e:  # names the file
-                raise ConfigError(str(e)) from e
-            except Exception as e:  # e.g. a checkpoint of another encoder variant
-                raise ConfigError(f"Cannot load weights {weights!r}: {e}") from e
-        mapper = cfg.dataloader.test.mapper
-        self.augmentation = T.AugmentationList(list(instantiate(mapper.augmentation)))
-        self.input_format = mapper.get("image_format", "RGB")
-        names = cfg.dataloader.test.dataset.names
-        self.metadata = MetadataCatalog.get(names if isinstance(names, str) else names[0])
-
-    @torch.no_grad()
-    def __call__(self, rgb: np.ndarray):
-        h, w = rgb.shape[:2]
-        aug = T.AugInput(rgb)
-        self.augmentation(aug)
-        image = aug.image if self.input_format == "RGB" else aug.image[:, :, ::-1]
-        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
 
 
 def _filter(instances, threshold: float, path: str = ""):
@@ -109,17 +67,6 @@ def _to_json(instances, class_names: List[str]) -> List[Dict]:
             }
         )
     return out
-
-
-def read_rgb(path: str) -> np.ndarray:
-    """Read an image as RGB uint8 HWC with its EXIF orientation applied (as detectron2's data
-    loading does for training and evaluation); a clear error for an unreadable file."""
-    try:
-        return read_image(path, format="RGB")
-    except Exception as e:
-        raise ConfigError(
-            f"Cannot read image {path!r} ({type(e).__name__}: {e}): pass a readable image file."
-        ) from e
 
 
 def _expand_inputs(inputs: List[str]) -> List[str]:
@@ -227,29 +174,28 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="lite_detr")
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
-            # training configs default to cuda; inference runs anywhere
-            logger.warning("No CUDA GPU: running the demo on the CPU.")
-            cfg.train.device = "cpu"
-        from lite_detr.data import DatasetError, prepare_datasets
+    return run_tool("demo.py", lambda: _main(args))
 
-        try:  # class names (and model.num_classes: null) from the test dataset's json
-            prepare_datasets(cfg, ("test",), check_images=False)
-        except DatasetError as e:
-            raise ConfigError(str(e)) from e
-        return run(
-            cfg,
-            args.weights or cfg.train.init_checkpoint,
-            args.input,
-            args.output,
-            args.confidence_threshold,
-        )
-    except ConfigError as e:
-        print(f"demo.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+
+def _main(args):
+    cfg = load_config(args.config_file, args.opts)
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        # training configs default to cuda; inference runs anywhere
+        logger.warning("No CUDA GPU: running the demo on the CPU.")
+        cfg.train.device = "cpu"
+    from lite_detr.data import DatasetError, prepare_datasets
+
+    try:  # class names (and model.num_classes: null) from the test dataset's json
+        prepare_datasets(cfg, ("test",), check_images=False)
+    except DatasetError as e:
+        raise ConfigError(str(e)) from e
+    return run(
+        cfg,
+        args.weights or cfg.train.init_checkpoint,
+        args.input,
+        args.output,
+        args.confidence_threshold,
+    )
 
 
 if __name__ == "__main__":

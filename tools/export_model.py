@@ -21,17 +21,15 @@ only kept when they agree.
 import argparse
 import logging
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from detectron2.config import instantiate
 
-import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from lite_detr.engine import ConfigError, build_checkpointer, load_config  # noqa: E402
-from lite_detr.export import (  # noqa: E402
+from lite_detr.checkpoint import LiteDetrCheckpointer
+from lite_detr.config import ConfigError, config_error_on_bad_checkpoint, load_config
+from lite_detr.engine.cli import run_tool
+from lite_detr.export import (
     BOX_TOLERANCE,
     SCORE_TOLERANCE,
     ExportError,
@@ -55,10 +53,8 @@ def _load_model(cfg, weights: str) -> torch.nn.Module:
     model = model.to("cpu").eval()
     if not os.path.isfile(weights):
         raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
-    try:
-        build_checkpointer(model).load(weights)
-    except Exception as e:  # e.g. a checkpoint of another encoder variant
-        raise ConfigError(f"Cannot load weights {weights!r}: {e}") from e
+    with config_error_on_bad_checkpoint(weights):
+        LiteDetrCheckpointer(model).load(weights)
     return model
 
 
@@ -141,12 +137,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="lite_detr")
-    try:
-        return run(args)
-    except (ConfigError, ExportError) as e:
-        print(f"export_model.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_tool("export_model.py", lambda: run(args), errors=(ExportError,))
 
 
 if __name__ == "__main__":

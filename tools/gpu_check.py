@@ -192,7 +192,6 @@ def train_benchmark(
     """AMP (float16) training iterations of Lite-DINO R50 on synthetic shapes images; returns one
     line. ``device="cpu"`` runs the same code in float32 (CPU autocast is slow without native
     bfloat16), for the tests."""
-    sys.path.insert(0, ROOT)
     import numpy as np
     import torch
     from detectron2.config import LazyConfig, instantiate

@@ -15,17 +15,13 @@ The ``make demo`` pipeline: synthetic data -> train -> COCO evaluation -> pictur
 """
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from typing import Dict, List
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 # fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
 # a warning on every run that no user can act on
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
@@ -33,22 +29,23 @@ warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureW
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils.logger import create_small_table, setup_logger  # noqa: E402
+from detectron2.utils.logger import create_small_table  # noqa: E402
 
+from lite_detr.config import load_config  # noqa: E402
 from lite_detr.data import register_shapes, shapes_dataset_dir  # noqa: E402
-from lite_detr.engine import ConfigError, load_config  # noqa: E402
+from lite_detr.engine import (  # noqa: E402
+    Predictor,
+    default_argument_parser,
+    read_rgb,
+    train_or_evaluate,
+)
+from lite_detr.engine.cli import run_tool  # noqa: E402
 
 logger = logging.getLogger("lite_detr.run_demo")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
 DEFAULT_SPLIT = {"num_train": 2000, "num_val": 200, "image_size": 320}
-
-
-def _load_train_net():
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(ROOT, "train_net.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def prepare_data(num_train: int, num_val: int, image_size: int, root: str | None = None) -> str:
@@ -127,9 +124,6 @@ def draw_predictions(cfg, weights: str, dataset: str, out_dir: str, num: int, th
     """For ``num`` val images, save ground truth | predictions side by side as PNGs."""
     from detectron2.utils.visualizer import Visualizer
 
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from demo import Predictor, read_rgb
-
     predictor = Predictor(cfg, weights)
     meta = MetadataCatalog.get(f"{dataset}_val")
     os.makedirs(out_dir, exist_ok=True)
@@ -169,14 +163,11 @@ def run(args) -> Dict:
     if done:
         logger.info(f"{final} is trained to {max_iter} iterations: reusing it and its evaluation.")
     else:
-        train_net = _load_train_net()
-        from detectron2.engine import default_argument_parser
-
         targs = default_argument_parser().parse_args(
             ["--config-file", args.config_file, "--resume"] + opts
         )
         t = time.perf_counter()
-        train_net.main(targs)
+        train_or_evaluate(targs)  # as train_net.py does, in this process
         train_time = time.perf_counter() - t
     with open(results_file) as f:
         results = json.load(f)
@@ -225,12 +216,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="lite_detr")
-    try:
-        return run(args)
-    except (ConfigError, FloatingPointError) as e:
-        print(f"run_demo.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_tool("run_demo.py", lambda: run(args), errors=(FloatingPointError,))
 
 
 if __name__ == "__main__":

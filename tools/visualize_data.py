@@ -15,10 +15,8 @@ training augmentation (resize, flip) instead, as the model sees them.
 import argparse
 import itertools
 import os
-import sys
 import warnings
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
 # a warning on every run that no user can act on
 warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
@@ -27,12 +25,12 @@ import numpy as np  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from detectron2.data import detection_utils as utils  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from lite_detr.config import ConfigError, load_config  # noqa: E402
 from lite_detr.data import DatasetError, dataset_names, prepare_datasets  # noqa: E402
-from lite_detr.engine import ConfigError, load_config  # noqa: E402
+from lite_detr.engine.cli import run_tool  # noqa: E402
 
 
 def _draw_transformed(batch, metadata, image_format: str):
@@ -93,13 +91,16 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    setup_logger(name="lite_detr")
-    try:
-        cfg = load_config(args.config_file, args.opts)
-        return visualize(cfg, args.output, args.split, args.num_images, args.show_transformed)
-    except ConfigError as e:
-        print(f"visualize_data.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_tool(
+        "visualize_data.py",
+        lambda: visualize(
+            load_config(args.config_file, args.opts),
+            args.output,
+            args.split,
+            args.num_images,
+            args.show_transformed,
+        ),
+    )
 
 
 if __name__ == "__main__":

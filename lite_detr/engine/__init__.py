@@ -1,19 +1,20 @@
-"""Training loop, hooks and the train/eval entry points used by ``train_net.py``."""
+"""Training loop, hooks, the train/eval entry points of ``train_net.py`` and the predictor."""
 
+from ..config import ConfigError, check_config, load_config
 from .defaults import (
-    ConfigError,
     build_checkpointer,
     build_train_loader,
-    check_config,
     check_output_dir,
     claim_output_dir,
+    default_argument_parser,
     do_eval_only,
     do_test,
     do_train,
-    load_config,
+    train_or_evaluate,
 )
 from .ema import EMAHook, ModelEMA, apply_ema_weights
 from .hooks import PeriodicCheckpointer
+from .predictor import Predictor, read_rgb
 from .train_loop import LiteDetrTrainer
 
 __all__ = [
@@ -23,13 +24,17 @@ __all__ = [
     "check_config",
     "check_output_dir",
     "claim_output_dir",
+    "default_argument_parser",
     "do_eval_only",
     "do_test",
     "do_train",
     "load_config",
+    "train_or_evaluate",
     "EMAHook",
     "ModelEMA",
     "apply_ema_weights",
     "PeriodicCheckpointer",
+    "Predictor",
+    "read_rgb",
     "LiteDetrTrainer",
 ]

@@ -1,9 +1,54 @@
-"""Command-line helpers shared by ``tools/``."""
+"""Command-line helpers shared by ``train_net.py`` and ``tools/``."""
 
 import argparse
-from typing import Sequence
+import sys
+from typing import Callable, NoReturn, Sequence, Tuple, Type, TypeVar
 
-__all__ = ["add_tasks_argument"]
+from detectron2.utils.logger import setup_logger
+
+from ..config import ConfigError
+
+__all__ = ["add_tasks_argument", "exit_with_error", "one_line", "run_tool"]
+
+T = TypeVar("T")
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` as one line: exceptions re-raised from data-loader workers carry the
+    worker's traceback, of which the last line is the error."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def exit_with_error(prog: str, e: BaseException, status: int = 2) -> NoReturn:
+    """Print ``<prog>: error: <message>`` (as argparse does for bad arguments) and exit."""
+    print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+    sys.exit(status)
+
+
+def run_tool(
+    prog: str,
+    body: Callable[[], T],
+    errors: Tuple[Type[BaseException], ...] = (),
+    loggers: Sequence[str] = ("lite_detr",),
+) -> T:
+    """
+    The frame of a tool's ``main()``: console logging for ``loggers``, then ``body()``. Bad user
+    input, a :class:`~lite_detr.config.ConfigError` or one of ``errors``, ends the tool with one
+    line on stderr and exit status 2; any other exception propagates with its traceback.
+
+    Example::
+
+        def main(argv=None):
+            args = get_parser().parse_args(argv)
+            return run_tool("demo.py", lambda: run(args))
+    """
+    for name in loggers:
+        setup_logger(name=name)
+    try:
+        return body()
+    except (ConfigError, *errors) as e:
+        exit_with_error(prog, e)
 
 
 class _TasksAction(argparse.Action):

@@ -2,304 +2,55 @@
 Training and evaluation entry points shared by ``train_net.py``, ``tools/`` and the tests.
 
 ``do_train`` follows detectron2's ``tools/lazyconfig_train_net.py`` (same ``train`` keys, same
-hooks) and adds AMP on any device, gradient clipping, EMA and checks that turn bad input into one
-clear :class:`ConfigError` before anything is written to ``train.output_dir``.
+hooks) and adds AMP on any device, gradient clipping and EMA; :func:`train_or_evaluate` is one
+process of ``train_net.py``, which checks the config (:mod:`lite_detr.config`) and the output
+directory before anything is written to ``train.output_dir``.
 """
 
-import copy
-import difflib
 import fcntl
-import inspect
 import json
 import logging
-import math
 import os
 import re
 import shutil
-import sysconfig
-import traceback
 from typing import List
 
 import torch
-from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import hooks
+from detectron2.config import instantiate
+from detectron2.engine import default_argument_parser as _detectron2_argument_parser
+from detectron2.engine import default_setup, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoint import CheckpointError, LiteDetrCheckpointer
+from ..checkpoint import LiteDetrCheckpointer
+from ..config import ConfigError, check_config, config_error_on_bad_checkpoint, load_config
 from ..data.resumable_loader import ResumableTrainLoader
+from ..evaluation import results_table
 from ..utils import atomic_write, pid_alive, preserved_rng_states
 from .ema import EMAHook, apply_ema_weights
 from .hooks import PeriodicCheckpointer
 from .train_loop import LiteDetrTrainer
-from .writers import EarlyPeriodicWriter, build_writers
+from .writers import EarlyPeriodicWriter, build_writers, plain_log_files
 
 __all__ = [
-    "ConfigError",
+    "ConfigError",  # re-exported from lite_detr.config, their home
     "load_config",
     "check_config",
     "build_checkpointer",
     "build_train_loader",
     "check_output_dir",
     "claim_output_dir",
+    "default_argument_parser",
     "do_test",
     "do_train",
     "do_eval_only",
+    "train_or_evaluate",
 ]
 
 logger = logging.getLogger("detectron2")
-
-
-class ConfigError(RuntimeError):
-    """Bad user input (config, override, dataset, checkpoint): the message says what to fix."""
-
-
-def load_config(config_file: str, overrides: List[str] | None = None) -> DictConfig:
-    """
-    Load a LazyConfig file and apply ``key=value`` overrides, rejecting unknown keys; register
-    the COCO-format files its ``datasets`` node names and fill ``model.num_classes: null`` from
-    their json (``lite_detr.data.fill_num_classes``).
-
-    detectron2's ``apply_overrides`` silently adds a key that does not exist, so a typo
-    (``train.max_iters=10``) trains with the default. Here a key must exist, or name an argument
-    that the LazyCall node's target accepts (``model.foo=1`` for ``L(Model)(...)`` with ``foo``).
-    """
-    if not config_file:
-        raise ConfigError("No config given: pass --config-file path/to/config.py.")
-    if not os.path.isfile(config_file):
-        raise ConfigError(
-            f"Config file {config_file!r} does not exist (cwd: {os.getcwd()}). "
-            "Pass an existing path, e.g. projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py."
-        )
-    try:
-        cfg = _load_once(config_file)
-    except Exception as e:  # the config is Python: anything can be raised while running it
-        raise ConfigError(f"Cannot load config {_where(e, config_file)}") from e
-    for override in overrides or []:
-        if "=" not in override:
-            raise ConfigError(f"Override {override!r} is not of the form key=value.")
-        _check_override_key(cfg, override.split("=", 1)[0].lstrip("+~"))
-    try:
-        cfg = LazyConfig.apply_overrides(cfg, overrides or [])
-    except Exception as e:  # hydra's parser errors have no common base class
-        raise ConfigError(f"Cannot apply overrides {overrides}: {e}") from e
-    from ..data import DatasetError, fill_num_classes, register_config_datasets
-
-    try:
-        register_config_datasets(cfg)  # the ``datasets`` node: COCO-format files named by overrides
-        fill_num_classes(cfg)  # model.num_classes: null -> from the json
-    except DatasetError as e:
-        raise ConfigError(str(e)) from e
-    return cfg
-
-
-_LOADED: dict = {}
-
-
-def _load_once(config_file: str) -> DictConfig:
-    """
-    ``LazyConfig.load``, running a config file once per process (until it changes): a config of
-    the user's that calls ``register_coco_instances`` registers its datasets once, even when
-    ``train_net.py`` loads it again in the process that trains.
-    """
-    key = (os.path.realpath(config_file), os.stat(config_file).st_mtime_ns)
-    if key not in _LOADED:
-        _LOADED[key] = LazyConfig.load(config_file)
-    return copy.deepcopy(_LOADED[key])
-
-
-def _where(e: BaseException, config_file: str) -> str:
-    """``file, line N: Error: message`` for an exception raised while loading a config."""
-    cause = e.__cause__ if isinstance(e.__cause__, SyntaxError) else e
-    if isinstance(cause, SyntaxError) and cause.lineno:
-        # detectron2 re-raises ast.parse's error as "Config file X has syntax error!"
-        m = re.match(r"Config file (.+) has syntax error!", str(e))
-        where = m.group(1) if m else (cause.filename or config_file)
-        text = f": {cause.text.strip()}" if cause.text else ""
-        return f"{where}, line {cause.lineno}: SyntaxError: {cause.msg}{text}"
-    frames = [
-        f
-        for f in traceback.extract_tb(e.__traceback__)
-        if f.filename.endswith(".py") and not f.filename.startswith(_LIBRARY_PATHS)
-    ]
-    where = f"{frames[-1].filename}, line {frames[-1].lineno}" if frames else repr(config_file)
-    return f"{where}: {type(e).__name__}: {e}"
-
-
-_LIBRARY_PATHS = (
-    sysconfig.get_paths()["stdlib"],
-    sysconfig.get_paths()["purelib"],
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # lite_detr/
-)
-
-
-def _check_override_key(cfg: DictConfig, key: str) -> None:
-    parts = key.split(".")
-    node = cfg
-    for i, part in enumerate(parts):
-        if OmegaConf.is_list(node) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            continue
-        if OmegaConf.is_dict(node) and part in node:
-            node = node[part]
-            continue
-        parent = ".".join(parts[:i]) or "<root>"
-        if i == len(parts) - 1 and OmegaConf.is_dict(node) and "_target_" in node:
-            target = node["_target_"]
-            try:
-                sig = inspect.signature(target if callable(target) else _locate(target))
-            except (TypeError, ValueError, ImportError):
-                return  # cannot introspect: let instantiate() report it
-            params = sig.parameters.values()
-            if part in sig.parameters or any(p.kind == p.VAR_KEYWORD for p in params):
-                return
-            options = list(sig.parameters)
-        else:
-            if OmegaConf.is_dict(node):
-                options = list(node.keys())
-            elif OmegaConf.is_list(node):
-                options = [str(i) for i in range(len(node))]
-            else:
-                options = []
-        close = difflib.get_close_matches(part, options, n=3)
-        hint = f" Did you mean {', '.join(f'{parent}.{c}' for c in close)}?" if close else ""
-        raise ConfigError(
-            f"Unknown config key {key!r}: {parent!r} has no key {part!r}.{hint} "
-            f"Valid keys there: {', '.join(map(str, options))}."
-        )
-
-
-def _locate(name: str):
-    from detectron2.utils.registry import locate
-
-    return locate(name)
-
-
-def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
-    """
-    Fail fast, before ``default_setup`` writes into the output directory, on a config that
-    cannot run: unknown device, CUDA requested without a GPU, unregistered dataset, missing
-    checkpoint file, bad AMP dtype.
-    """
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    from ..data import DatasetError, dataset_names, prepare_datasets, unregistered_message
-
-    for key in ("model", "train", "dataloader"):
-        if key not in cfg:
-            raise ConfigError(f"The config has no {key!r} node (see configs/common/train.py).")
-    _check_values(cfg, eval_only)
-    _check_datasets_root()
-    device = str(cfg.train.get("device", "cuda"))
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {device!r}.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={device!r} but no CUDA GPU is available: add train.device=cpu."
-        )
-    amp = cfg.train.get("amp", {})
-    if amp.get("enabled", False) and amp.get("dtype", "float16") not in ("float16", "bfloat16"):
-        raise ConfigError(f"train.amp.dtype must be float16 or bfloat16, got {amp.dtype!r}.")
-    loaders = ["test"] + ([] if eval_only else ["train"])
-    registered = set(DatasetCatalog.list())
-    for split in loaders:
-        if split not in cfg.dataloader:
-            raise ConfigError(f"The config has no dataloader.{split}.")
-        for name in dataset_names(cfg.dataloader[split]):
-            if name not in registered:
-                raise ConfigError(unregistered_message(cfg, name, split))
-            meta = MetadataCatalog.get(name)
-            json_file = meta.get("json_file")
-            lazy = meta.get("generate_on_first_use", False)
-            if json_file and not lazy and not os.path.isfile(json_file):
-                raise ConfigError(
-                    f"Dataset {name!r} (dataloader.{split}.dataset.names) is registered but its "
-                    f"annotations {json_file} do not exist: download the dataset (see detectron2's "
-                    "datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
-                )
-    try:  # annotations and images checked, model.num_classes reconciled with the json
-        prepare_datasets(
-            cfg, loaders, check_images=True, skip_bad_images=cfg.train.get("skip_bad_images", False)
-        )
-    except DatasetError as e:
-        raise ConfigError(str(e)) from e
-    ckpt = cfg.train.get("init_checkpoint", "")
-    if ckpt and "://" not in ckpt and not os.path.isfile(ckpt):
-        raise ConfigError(
-            f"train.init_checkpoint={ckpt!r} does not exist: pass an existing .pth file "
-            "(or train.init_checkpoint='' to start from scratch)."
-        )
-    if eval_only and not ckpt:
-        logger.warning("--eval-only without train.init_checkpoint: evaluating random weights.")
-
-
-def _get(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        if not OmegaConf.is_dict(node) or part not in node:
-            return _MISSING
-        node = node[part]
-    return node
-
-
-_MISSING = object()
-
-
-def _check_number(cfg, key: str, kind: type, low, high=None, *, low_open=False, optional=False):
-    value = _get(cfg, key)
-    if value is _MISSING or (optional and value is None):
-        return
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    ok = is_int if kind is int else (is_int or isinstance(value, float)) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (high is None or value <= high)
-    if not ok:
-        what = "an integer" if kind is int else "a number"
-        bound = f"> {low}" if low_open else f">= {low}"
-        bound += f" and <= {high}" if high is not None else ""
-        none = " (or None)" if optional else ""
-        raise ConfigError(f"{key} must be {what} {bound}{none}, got {value!r}.")
-
-
-def _check_values(cfg: DictConfig, eval_only: bool) -> None:
-    """Types and ranges of the values that train_net.py reads (a bad override fails here)."""
-    if not eval_only:
-        _check_number(cfg, "train.max_iter", int, 1)
-        _check_number(cfg, "train.log_period", int, 1)
-        _check_number(cfg, "train.eval_period", int, 0)
-        _check_number(cfg, "train.checkpointer.period", int, 1)
-        _check_number(cfg, "train.checkpointer.max_to_keep", int, 1, optional=True)
-        _check_number(cfg, "train.seed", int, -1, 2**32 - 1)
-        _check_number(cfg, "dataloader.train.total_batch_size", int, 1)
-        _check_number(cfg, "dataloader.train.num_workers", int, 0)
-        for key in ("lr", "weight_decay", "momentum"):
-            low_open = key == "lr"
-            _check_number(cfg, f"optimizer.{key}", float, 0, low_open=low_open)
-        if _get(cfg, "train.clip_grad.enabled") is True:
-            _check_number(cfg, "train.clip_grad.params.max_norm", float, 0, low_open=True)
-        if _get(cfg, "train.model_ema.enabled") is True:
-            _check_number(cfg, "train.model_ema.decay", float, 0, 1, low_open=True)
-        world = comm.get_world_size()
-        batch = _get(cfg, "dataloader.train.total_batch_size")
-        if isinstance(batch, int) and batch % world != 0:
-            raise ConfigError(
-                f"dataloader.train.total_batch_size={batch} is not divisible by the {world} "
-                "processes: use a multiple of the number of GPUs/processes."
-            )
-    _check_number(cfg, "dataloader.test.num_workers", int, 0)
-    _check_number(cfg, "model.num_classes", int, 1, optional=True)  # null: from the dataset
-
-
-def _check_datasets_root() -> None:
-    root = os.environ.get("DETECTRON2_DATASETS")
-    if root is not None and not os.path.isdir(root):
-        what = "a file" if os.path.exists(root) else "missing"
-        raise ConfigError(
-            f"$DETECTRON2_DATASETS={root!r} is {what}: point it at the folder that holds the "
-            "datasets (create it for a generated dataset), or unset it to use ./datasets."
-        )
 
 
 def build_checkpointer(model, save_dir: str = "", **checkpointables):
@@ -310,17 +61,6 @@ def build_checkpointer(model, save_dir: str = "", **checkpointables):
     if save_dir and comm.is_main_process():
         os.makedirs(save_dir, exist_ok=True)
     return LiteDetrCheckpointer(model, save_dir, **checkpointables)
-
-
-def _load_checkpoint(fn, path: str):
-    try:
-        return fn()
-    except (FileNotFoundError, ConfigError):
-        raise
-    except CheckpointError as e:  # names the file it read
-        raise ConfigError(str(e)) from e
-    except Exception as e:  # e.g. the checkpointer refusing another encoder variant
-        raise ConfigError(f"Cannot load checkpoint {path!r}: {e}") from e
 
 
 _RUN_LOCK = ".train_net.lock"
@@ -467,7 +207,8 @@ def do_eval_only(cfg: DictConfig):
     model = create_ddp_model(model, **ddp_kwargs(cfg))
     checkpointer = build_checkpointer(model)
     path = cfg.train.init_checkpoint
-    extra = _load_checkpoint(lambda: checkpointer.load(path), path) or {}
+    with config_error_on_bad_checkpoint(path):
+        extra = checkpointer.load(path) or {}
     if cfg.train.get("model_ema", {}).get("enabled", False):
         ema = extra.get("trainer", {}).get("hooks", {}).get("EMAHook")
         if ema is None:
@@ -538,7 +279,8 @@ def do_train(args, cfg: DictConfig):
     )
 
     init = cfg.train.init_checkpoint
-    _load_checkpoint(lambda: checkpointer.resume_or_load(init, resume=args.resume), init)
+    with config_error_on_bad_checkpoint(init):
+        checkpointer.resume_or_load(init, resume=args.resume)
     if ema_hook is not None and ema_hook.ema.num_updates == 0:
         ema_hook.ema = type(ema_hook.ema)(model, ema_hook.ema.decay)  # start from loaded weights
     if checkpointer.resumed_from:
@@ -566,7 +308,7 @@ def build_train_loader(cfg: DictConfig):
     node = cfg.dataloader.train
     target = node.get("_target_")
     if isinstance(target, str):
-        target = _locate(target)
+        target = locate(target)
     if target is not build_detection_train_loader or node.get("sampler") is not None:
         logger.warning(
             "dataloader.train is not build_detection_train_loader with its default sampler: "
@@ -583,3 +325,53 @@ def build_train_loader(cfg: DictConfig):
         num_workers=node.get("num_workers", 0),
         collate_fn=instantiate(node.get("collate_fn", None)),
     )
+
+
+def default_argument_parser():
+    """``train_net.py``'s arguments: detectron2's ``default_argument_parser``, ``--overwrite``."""
+    parser = _detectron2_argument_parser()
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a train.output_dir that holds one (its checkpoints, metrics and "
+        "results are deleted); without it such a directory needs --resume",
+    )
+    return parser
+
+
+def train_or_evaluate(args):
+    """
+    One process of ``train_net.py``: load and check the config, claim ``train.output_dir``
+    (main process), set up logging, then train, or with ``--eval-only`` evaluate and print the
+    results table.
+
+    Args:
+        args: parsed :func:`default_argument_parser` arguments.
+
+    Returns:
+        the evaluation results (``--eval-only``) or the trainer.
+    """
+    cfg = load_config(args.config_file, args.opts)
+    check_config(cfg, eval_only=args.eval_only)  # before default_setup writes to output_dir
+    lock = None
+    if not args.eval_only and comm.is_main_process():
+        overwrite = getattr(args, "overwrite", False)
+        check_output_dir(cfg.train.output_dir, resume=args.resume, overwrite=overwrite)
+        lock = claim_output_dir(cfg.train.output_dir, overwrite=overwrite)
+    try:
+        plain_log_files(cfg.train.output_dir)  # no colour codes in output_dir/log.txt
+        default_setup(cfg, args)
+        if comm.get_local_size() > 1 and torch.device(cfg.train.device).type == "cpu":
+            # CPU ranks of one machine share its cores
+            torch.set_num_threads(max(1, torch.get_num_threads() // comm.get_local_size()))
+        if args.eval_only:
+            ret = do_eval_only(cfg)
+            if comm.is_main_process() and ret:
+                names = cfg.dataloader.test.dataset.names
+                print(f"Evaluation of {cfg.train.init_checkpoint or 'random weights'} on {names}:")
+                print(results_table(ret))
+            return ret
+        return do_train(args, cfg)
+    finally:
+        if lock is not None:
+            lock.close()

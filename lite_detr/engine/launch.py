@@ -12,7 +12,6 @@ as that rank's one-line message (the other local ranks are stopped).
 
 import importlib
 import inspect
-import logging
 import os
 import re
 from datetime import timedelta
@@ -23,8 +22,6 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 
 __all__ = ["DistributedLaunchError", "check_launch", "launch_checked"]
-
-logger = logging.getLogger("detectron2")
 
 
 class DistributedLaunchError(RuntimeError):

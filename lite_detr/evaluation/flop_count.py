@@ -6,14 +6,11 @@ the part Lite DETR makes cheaper, looks almost free. Counts are multiply-accumul
 counts matmuls.
 """
 
-import logging
 from typing import Any, Dict
 
 from lite_detr.ops.flop_count import FLOP_HANDLES, scaled_dot_product_attention_flop_jit
 
 __all__ = ["LITE_DETR_OP_HANDLES", "FlopCountAnalysis"]
-
-logger = logging.getLogger(__name__)
 
 
 # the compiled ops' own handles (lite_detr.ops.flop_count), plus the decoder's self-attention

@@ -7,7 +7,6 @@ worker (or, with detectron2's ``load_coco_json``, training on silently clipped o
 """
 
 import json
-import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,6 @@ __all__ = [
     "checked_coco_annotations",
 ]
 
-logger = logging.getLogger(__name__)
 
 # a box may stick out of its image by this many pixels (rounding in annotation tools)
 BOX_TOLERANCE = 1.0

@@ -1,0 +1,75 @@
+"""Single-image inference with a config's model and test-time resize, as detectron2's
+``DefaultPredictor``."""
+
+import os
+
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+
+from ..checkpoint import LiteDetrCheckpointer
+from ..config import ConfigError, config_error_on_bad_checkpoint
+
+__all__ = ["Predictor", "read_rgb"]
+
+
+class Predictor:
+    """
+    Single-image inference with the config's test-time resize; inputs are RGB uint8 HWC arrays,
+    outputs the ``Instances`` of the image (boxes in input pixels, on the CPU).
+
+    Args:
+        cfg: LazyConfig with ``model``, ``dataloader.test`` and ``train.device``.
+        weights (str): checkpoint path ("" keeps the random initialisation). A missing file, a
+            file that is not a checkpoint and weights of another variant raise
+            :class:`~lite_detr.config.ConfigError`.
+
+    Example::
+
+        predictor = Predictor(load_config(config_file), "model_final.pth")
+        instances = predictor(read_rgb("image.jpg"))
+    """
+
+    def __init__(self, cfg, weights: str):
+        self.model = instantiate(cfg.model).to(cfg.train.device).eval()
+        if weights:
+            if not os.path.isfile(weights):
+                raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
+            with config_error_on_bad_checkpoint(weights):
+                LiteDetrCheckpointer(self.model).load(weights)
+        mapper = cfg.dataloader.test.mapper
+        self.augmentation = T.AugmentationList(list(instantiate(mapper.augmentation)))
+        self.input_format = mapper.get("image_format", "RGB")
+        names = cfg.dataloader.test.dataset.names
+        self.metadata = MetadataCatalog.get(names if isinstance(names, str) else names[0])
+
+    @torch.no_grad()
+    def __call__(self, rgb: np.ndarray):
+        """
+        Args:
+            rgb (ndarray): (H, W, 3) uint8 image, RGB.
+
+        Returns:
+            Instances: ``pred_boxes`` (XYXY in input pixels), ``scores``, ``pred_classes``.
+        """
+        h, w = rgb.shape[:2]
+        aug = T.AugInput(rgb)
+        self.augmentation(aug)
+        image = aug.image if self.input_format == "RGB" else aug.image[:, :, ::-1]
+        tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return self.model([{"image": tensor, "height": h, "width": w}])[0]["instances"].to("cpu")
+
+
+def read_rgb(path: str) -> np.ndarray:
+    """Read an image as RGB uint8 HWC with its EXIF orientation applied (as detectron2's data
+    loading does for training and evaluation); a :class:`~lite_detr.config.ConfigError` naming
+    the file for an unreadable one."""
+    try:
+        return read_image(path, format="RGB")
+    except Exception as e:  # PIL raises many types for a file that is not an image
+        raise ConfigError(
+            f"Cannot read image {path!r} ({type(e).__name__}: {e}): pass a readable image file."
+        ) from e

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from lite_detr.utils import atomic_write, remove_stale_temporaries
 
@@ -144,6 +145,18 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
             f.write(last_filename_basename)
 
     # -- loading ---------------------------------------------------------------------------------
+
+    def load(self, path: str, *args, **kwargs):
+        """As ``DetectionCheckpointer.load``; a local ``path`` that does not exist raises
+        :class:`CheckpointError` (fvcore asserts). A DDP model is left to detectron2, which
+        checks on every rank whether the main one has the file."""
+        local = path and "://" not in path
+        if local and not isinstance(self.model, DistributedDataParallel):
+            if not os.path.isfile(path):
+                raise CheckpointError(
+                    f"Checkpoint {path!r} does not exist: pass the path of an existing .pth file."
+                )
+        return super().load(path, *args, **kwargs)
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         """

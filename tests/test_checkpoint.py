@@ -5,7 +5,12 @@ import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
 
-from lite_detr.checkpoint import LiteDetrCheckpointer
+from lite_detr.checkpoint import (
+    CheckpointError,
+    LiteDetrCheckpointer,
+    VariantMismatchError,
+    VariantTag,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_CONFIG = os.path.join(ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py")
@@ -70,11 +75,11 @@ def test_checkpointer_refuses_another_variant(saved, overrides, ours, theirs):
     path, _ = saved
     model = build(*overrides)
     message = f"checkpoint encoder variant '{theirs}' does not match the config's '{ours}'"
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(VariantMismatchError, match=re.escape(message)):
         LiteDetrCheckpointer(model).load(path)
     # the plain PyTorch path fails as well instead of loading silently
     state = torch.load(path, weights_only=False)["model"]
-    with pytest.raises(ValueError, match="does not match"):
+    with pytest.raises(VariantMismatchError, match="does not match"):
         model.load_state_dict(state, strict=False)
 
 
@@ -82,7 +87,7 @@ def test_decoder_cross_attention_is_checked(saved):
     path, _ = saved
     model = build("model.decoder.cross_attention=deformable")
     with pytest.raises(
-        ValueError,
+        VariantMismatchError,
         match="decoder cross-attention 'key_aware' does not match the config's 'deformable'",
     ):
         LiteDetrCheckpointer(model).load(path)
@@ -102,8 +107,32 @@ def test_untagged_checkpoint_loads(tmp_path):
 def test_checkpointer_asks_to_convert_a_release_checkpoint(tmp_path):
     path = str(tmp_path / "r50_s3ex3_50.4.pth")
     torch.save({"model": {"transformer.encoder.layers.0.norm1.weight": torch.ones(32)}}, path)
-    with pytest.raises(ValueError, match="convert it first with python tools/convert_lite_detr"):
+    with pytest.raises(
+        CheckpointError, match="convert it first with python tools/convert_lite_detr"
+    ):
         LiteDetrCheckpointer(build()).load(path)
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"{path} is in the layout of the authors'")
+    ):
+        LiteDetrCheckpointer(build()).load(path)
+
+
+def test_missing_checkpoint_file_is_a_checkpoint_error(tmp_path):
+    path = str(tmp_path / "nope.pth")
+    with pytest.raises(CheckpointError, match=re.escape(f"'{path}' does not exist")):
+        LiteDetrCheckpointer(build()).load(path)
+
+
+def test_variant_tag_lives_with_the_checkpointer_and_keeps_its_old_import_path(saved):
+    from lite_detr.modeling.meta_arch import VariantTag as from_meta_arch
+    from lite_detr.modeling.meta_arch.dino import VariantTag as from_dino
+
+    assert from_dino is from_meta_arch is VariantTag
+    assert issubclass(VariantMismatchError, CheckpointError)
+    path, model = saved
+    # the tag is stored under the attribute name (variant_tag), wherever its class is defined
+    state = torch.load(path, weights_only=False)["model"]
+    assert VariantTag.decode(state["variant_tag._extra_state"]) == model.variant_tag.tags
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from lite_detr.engine import ConfigError, check_config, load_config
+from lite_detr.config import ConfigError, check_config, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES_CFG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")

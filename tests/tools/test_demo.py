@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -7,7 +8,9 @@ import torch
 from detectron2.config import instantiate
 from PIL import Image
 
-from lite_detr.engine import ConfigError, load_config
+from lite_detr.checkpoint import LiteDetrCheckpointer
+from lite_detr.config import ConfigError, load_config
+from lite_detr.engine import Predictor, read_rgb
 
 from .conftest import SHAPES_CFG, TINY, load_tool
 
@@ -82,7 +85,7 @@ def test_demo_says_when_nothing_passes_the_threshold(tmp_path, weights, tools_da
         image
     )
     cfg = load_config(SHAPES_CFG, TINY + tools_data)
-    best = demo.Predictor(cfg, weights)(demo.read_rgb(str(image))).scores.max().item()
+    best = Predictor(cfg, weights)(read_rgb(str(image))).scores.max().item()
     (result,) = demo.run(cfg, weights, [str(image)], str(tmp_path / "out"), threshold=1.01)
     assert result["instances"] == []
     assert f"no detection scored >= 1.01 (best score: {best:.3f})" in caplog.text
@@ -114,8 +117,47 @@ def test_demo_skips_unreadable_images_and_applies_exif_orientation(tmp_path, wei
     assert sorted(os.listdir(out)) == ["good.png", "results.json", "rotated.png"]
     with Image.open(out / "rotated.png") as im:
         assert im.size == (60, 100)  # width x height after the EXIF rotation
-    assert demo.read_rgb(str(folder / "rotated.jpg")).shape == (100, 60, 3)
+    assert read_rgb(str(folder / "rotated.jpg")).shape == (100, 60, 3)
     file_output = tmp_path / "file_output"
     file_output.write_text("")
     with pytest.raises(ConfigError, match="--output .*file_output' is a file"):
         demo.run(cfg, weights, [str(folder)], str(file_output))
+
+
+def _demo_argv(tmp_path, weights, tools_data, overrides=()):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(image)
+    return (
+        ["--config-file", SHAPES_CFG, "--weights", weights, "--input", str(image)]
+        + ["--output", str(tmp_path / "out")]
+        + TINY
+        + tools_data
+        + list(overrides)
+    )
+
+
+def test_weights_of_another_variant_are_one_line_and_exit_status_2(
+    tmp_path, weights, tools_data, capsys
+):
+    argv = _demo_argv(tmp_path, weights, tools_data, ["model.encoder.num_high_levels=2"])
+    demo = load_tool("demo")
+    with pytest.raises(SystemExit) as e:
+        demo.main(argv)
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"demo.py: error: Cannot load checkpoint {weights!r}: "), last
+    assert re.search(r"encoder variant 'H3L1-\S+' does not match the config's 'H2L2-", last), last
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_while_loading_weights_is_not_reported_as_bad_input(
+    tmp_path, weights, tools_data, monkeypatch
+):
+    def out_of_memory(self, filename):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(LiteDetrCheckpointer, "_load_file", out_of_memory)
+    demo = load_tool("demo")
+    with pytest.raises(RuntimeError, match="out of memory") as e:  # its traceback, no SystemExit
+        demo.main(_demo_argv(tmp_path, weights, tools_data))
+    assert not isinstance(e.value, ConfigError)

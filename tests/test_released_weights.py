@@ -192,7 +192,7 @@ def _error_case(tmp_path, capsys, src, *extra, dst_name="out.pth"):
     dst = tmp_path / dst_name
     assert convert(str(src), str(dst), *extra) == 2
     assert not dst.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(dst_name + ".")]  # no temp
+    assert not [p for p in tmp_path.iterdir() if dst_name in p.name]  # no temporary file
     return capsys.readouterr().err
 
 

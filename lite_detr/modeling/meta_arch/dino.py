@@ -10,7 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from lite_detr.checkpoint import VariantTag  # re-exported: its old home
+from lite_detr.checkpoint import VariantTag  # defined with the checkpointer; re-exported here
 from lite_detr.layers import KeyAwareDeformableAttention, MultiScaleDeformableAttention
 
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh

@@ -24,12 +24,15 @@ ATTENTION_TYPES: Dict[str, Type[nn.Module]] = {
 }
 
 
-def check_attention_type(owner: str, attention: str, separate_key_proj: bool = False) -> None:
-    """Raise ValueError naming ``owner`` if ``attention`` is not registered, or if an option is
-    set that this type does not have (``separate_key_proj`` on "deformable")."""
+def check_attention_type(
+    owner: str, attention: str, separate_key_proj: bool = False, field: str = "attention"
+) -> None:
+    """Raise ValueError naming ``owner`` and its argument ``field`` if ``attention`` is not
+    registered, or if an option is set that this type does not have (``separate_key_proj`` on
+    "deformable")."""
     if attention not in ATTENTION_TYPES:
         raise ValueError(
-            f"{owner}: unknown attention {attention!r}; expected one of {sorted(ATTENTION_TYPES)}"
+            f"{owner}: unknown {field} {attention!r}; expected one of {sorted(ATTENTION_TYPES)}"
         )
     params = inspect.signature(ATTENTION_TYPES[attention]).parameters
     if separate_key_proj and "separate_key_proj" not in params:

@@ -165,7 +165,9 @@ class DeformableDecoder(nn.Module):
                 f"DeformableDecoder: positional_queries must be one of {POSITIONAL_QUERIES}, got "
                 f"{positional_queries!r}"
             )
-        check_attention_type("DeformableDecoder", cross_attention, separate_key_proj)
+        check_attention_type(
+            "DeformableDecoder", cross_attention, separate_key_proj, field="cross_attention"
+        )
         layer = DeformableDecoderLayer(
             embed_dim,
             num_heads,

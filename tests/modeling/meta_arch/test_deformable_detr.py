@@ -246,3 +246,29 @@ def test_experiment_configs_match_their_names(path):
         assert cfg.model.decoder.cross_attention == "key_aware"
         assert (enc.num_high_levels, 4 - enc.num_high_levels) == (h, low)
         assert (enc.num_high_updates, enc.num_blocks) == (a, b) and a * b == 6
+
+
+@pytest.mark.parametrize(
+    "base,lite",
+    [
+        ("lite_deformable_detr/configs/models/deformable_detr_r50.py", "lite_deformable_detr_r50"),
+        ("lite_h_detr/configs/models/h_detr_r50.py", "lite_h_detr_r50"),
+        ("lite_dino/configs/models/dino_r50.py", "lite_dino_r50"),
+    ],
+)
+def test_lite_models_differ_from_their_baseline_in_the_encoder_only(base, lite):
+    """Besides the encoder, only the detector class and the decoder's attention type (KDA)."""
+    from omegaconf import OmegaConf
+
+    models = []
+    for path in (base, os.path.join(os.path.dirname(base), lite + ".py")):
+        d = OmegaConf.to_container(LazyConfig.load(os.path.join(ROOT, "projects", path)).model)
+        models.append(d)
+    baseline, lite_model = models
+    assert baseline["decoder"].pop("cross_attention") == "deformable"
+    assert lite_model["decoder"].pop("cross_attention") == "key_aware"
+    assert lite_model["encoder"]["feedforward_dim"] == baseline["encoder"]["feedforward_dim"]
+    assert lite_model["encoder"]["dropout"] == baseline["encoder"]["dropout"]
+    for d in models:
+        del d["encoder"], d["_target_"]
+    assert lite_model == baseline

@@ -142,11 +142,9 @@ def _check(owner: str, role: str, module, protocol, pieces, positional, keywords
             raise TypeError(f"{where}: it has no `{attr}` ({what})")
         value = getattr(module, attr)
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise TypeError(
-                f"{where}: `{attr}` ({what}) must be a {kind.__name__}, got {value!r}"
-            )
+            raise TypeError(f"{where}: `{attr}` ({what}) must be a {kind.__name__}, got {value!r}")
     try:
-        inspect.signature(module.forward).bind(*positional, **{k: None for k in keywords})
+        inspect.signature(module.forward).bind(*positional, **dict.fromkeys(keywords))
     except TypeError as e:
         raise TypeError(
             f"{where}: `forward` must accept ({', '.join(positional)}"

@@ -87,7 +87,9 @@ class ProposalEmbedding(nn.Module):
         self.pos_trans = nn.Linear(2 * embed_dim, 2 * embed_dim)
         self.pos_trans_norm = nn.LayerNorm(2 * embed_dim)
 
-    def forward(self, ref_unsig: Tensor, dtype: torch.dtype = torch.float32) -> Tuple[Tensor, Tensor]:
+    def forward(
+        self, ref_unsig: Tensor, dtype: torch.dtype = torch.float32
+    ) -> Tuple[Tensor, Tensor]:
         """
         Args:
             ref_unsig (Tensor): (N, Q, 4) selected proposals, inverse-sigmoid cxcywh.

@@ -47,9 +47,7 @@ class MissingVariant(nn.Module):
 
 
 class NoSpatialSizes(MyEncoder):
-    def forward(
-        self, query, query_pos, spatial_shapes, level_start_index, valid_ratios, mask=None
-    ):
+    def forward(self, query, query_pos, spatial_shapes, level_start_index, valid_ratios, mask=None):
         return query
 
 

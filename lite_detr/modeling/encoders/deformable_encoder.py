@@ -47,8 +47,8 @@ class DeformableEncoder(nn.Module):
             num_points (int): sampling points per head and level.
             feedforward_dim (int): FFN hidden width (2048 in DINO, 1024 in Deformable DETR).
             dropout (float): dropout of the layers (0 in DINO).
-            attention (str): "deformable" (multi-scale deformable attention) or "key_aware" (KDA), a key of
-                :data:`lite_detr.layers.ATTENTION_TYPES`.
+            attention (str): "deformable" (multi-scale deformable attention) or "key_aware"
+                (KDA), a key of :data:`lite_detr.layers.ATTENTION_TYPES`.
             attention_dropout (float): dropout inside each attention, before its output
                 projection (0 in Deformable DETR, DINO and Lite DETR).
             separate_key_proj (bool): KDA's own key projection (``attention="key_aware"`` only).

@@ -61,7 +61,5 @@ def test_builds_trains_and_evaluates_on_shapes(name, shapes, tmp_path):
         loss.backward()
         optimizer.step()
     shapes.evaluator.output_dir = str(tmp_path)
-    results = inference_on_dataset(
-        model, instantiate(shapes.test), instantiate(shapes.evaluator)
-    )
+    results = inference_on_dataset(model, instantiate(shapes.test), instantiate(shapes.evaluator))
     assert 0.0 <= results["bbox"]["AP"] <= 100.0

@@ -1,8 +1,6 @@
 """Two-stage Deformable DETR (Zhu et al., ICLR 2021) and Lite-Deformable-DETR as detectron2
 models."""
 
-from typing import Tuple
-
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
@@ -39,8 +37,8 @@ class DeformableDETR(TwoStageDeformableDETR):
         self.proposal_embed = ProposalEmbedding(self.embed_dim)
         self._reset_parameters([self.proposal_embed])
 
-    def make_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tuple[Tensor, Tensor]:
-        """Content and positional queries from the selected proposals.
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """The last C channels of the proposals' projection (:class:`ProposalEmbedding`).
 
         Args:
             ref_unsig: (N, Q, 4) selected proposal boxes, inverse-sigmoid, detached (the
@@ -48,10 +46,17 @@ class DeformableDETR(TwoStageDeformableDETR):
             memory: (N, S, C) encoder output (its dtype is the queries').
 
         Returns:
-            content (N, Q, C), positional queries (N, Q, C)
+            (N, Q, C)
         """
-        query_pos, content = self.proposal_embed(ref_unsig, memory.dtype)
-        return content, query_pos
+        return self.proposal_embed(ref_unsig, memory.dtype)[1]
+
+    def position_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """The first C channels of the proposals' projection, for every decoder layer.
+
+        Returns:
+            (N, Q, C)
+        """
+        return self.proposal_embed(ref_unsig, memory.dtype)[0]
 
 
 @META_ARCH_REGISTRY.register()

@@ -1,6 +1,6 @@
 """DINO (Zhang et al., ICLR 2023) and Lite-DINO (Li et al., CVPR 2023) as detectron2 models."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -53,23 +53,23 @@ class DINO(TwoStageDeformableDETR):
         # the release draws tgt_embed from a normal first; the Xavier pass overrides it
         self._reset_parameters([self.tgt_embed])
 
-    def make_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tuple[Tensor, None]:
-        """Learned content queries, the same for every image; the decoder makes the positional
-        ones from the reference boxes.
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Learned content queries, the same for every image (the decoder makes the positional
+        ones from the reference boxes).
 
         Args:
             ref_unsig: (N, Q, 4) reference boxes of the queries, inverse-sigmoid, detached.
             memory: (N, S, C) encoder output.
 
         Returns:
-            content (N, Q, C), None
+            (N, Q, C)
         """
-        return self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1), None
+        return self.tgt_embed.weight[None].expand(memory.shape[0], -1, -1)
 
     def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
         """:meth:`TwoStageDeformableDETR.forward_training` with the denoising queries prepended
         to the matching ones (losses suffixed "_dn", "_dn_{i}")."""
-        content, ref_unsig, _, interm = self.select_queries(enc)
+        content, ref_unsig, interm = self.select_queries(enc)
         dn = None
         attn_mask = None
         if self.denoising is not None:

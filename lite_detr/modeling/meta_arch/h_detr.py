@@ -1,7 +1,7 @@
 """H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: two-stage Deformable DETR with hybrid
 matching."""
 
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 import torch
 from detectron2.modeling import META_ARCH_REGISTRY
@@ -92,21 +92,28 @@ class HDETR(TwoStageDeformableDETR):
         self.tgt_embed = nn.Embedding(self.num_queries + num_queries_one2many, self.embed_dim)
         self._reset_parameters([self.proposal_embed, self.tgt_embed])
 
-    def make_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tuple[Tensor, Tensor]:
-        """Learned content queries (the first Q of ``tgt_embed``) and positional queries from
-        the selected proposals.
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Learned content queries: the first Q rows of ``tgt_embed`` (Q1 at inference, Q1 + Q2
+        in training).
 
         Args:
-            ref_unsig: (N, Q, 4) selected proposal boxes, inverse-sigmoid, detached; Q is Q1 at
-                inference, Q1 + Q2 in training.
+            ref_unsig: (N, Q, 4) selected proposal boxes, inverse-sigmoid, detached.
             memory: (N, S, C) encoder output.
 
         Returns:
-            content (N, Q, C), positional queries (N, Q, C)
+            (N, Q, C)
         """
-        query_pos, _ = self.proposal_embed(ref_unsig, memory.dtype)
         content = self.tgt_embed.weight[: ref_unsig.shape[1]]
-        return content[None].expand(memory.shape[0], -1, -1), query_pos
+        return content[None].expand(memory.shape[0], -1, -1)
+
+    def position_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Deformable DETR's positional queries: the first C channels of the proposals'
+        projection (:class:`ProposalEmbedding`), for every decoder layer.
+
+        Returns:
+            (N, Q, C)
+        """
+        return self.proposal_embed(ref_unsig, memory.dtype)[0]
 
     def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
         """Hybrid matching: the losses of the one-to-one group as
@@ -117,11 +124,9 @@ class HDETR(TwoStageDeformableDETR):
             return super().forward_training(enc, targets)
         q1 = self.num_queries
         # the top-(Q1 + Q2) proposals in score order: the first Q1 are the queries of inference
-        content, ref_unsig, query_pos, interm = self.select_queries(
-            enc, q1 + self.num_queries_one2many
-        )
+        content, ref_unsig, interm = self.select_queries(enc, q1 + self.num_queries_one2many)
         attn_mask = build_hybrid_attn_mask(q1, self.num_queries_one2many, self.device)
-        logits, boxes = self.decode(enc, content, ref_unsig, query_pos, attn_mask)
+        logits, boxes = self.decode(enc, content, ref_unsig, attn_mask)
         one2one = self.to_outputs(logits[:, :, :q1], boxes[:, :, :q1])
         one2one["interm_outputs"] = interm  # every token's proposal (binary_proposals)
         if not self.binary_proposals:

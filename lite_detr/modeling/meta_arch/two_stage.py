@@ -6,7 +6,8 @@ multi-scale neck -> transformer encoder -> one proposal per encoder token -> the
 proposals become the decoder's reference boxes -> deformable decoder with iterative box
 refinement -> focal loss with Hungarian matching, auxiliary losses on every decoder layer and on
 the proposals; at test time the top-k (query, class) pairs. What differs is how the selected
-proposals become queries (:meth:`TwoStageDeformableDETR.make_queries`) and what a detector adds
+proposals become queries (:meth:`TwoStageDeformableDETR.content_queries`,
+:meth:`TwoStageDeformableDETR.position_queries`) and what a detector adds
 to the training step (:meth:`TwoStageDeformableDETR.forward_training`): see ``dino.py``,
 ``deformable_detr.py``, ``h_detr.py`` and docs/adding_a_detector.md.
 """
@@ -83,16 +84,17 @@ class VariantTag(nn.Module):
 class TwoStageDeformableDETR(nn.Module):
     """Base of the two-stage deformable DETRs; not registered, a detector subclasses it.
 
-    A subclass implements :meth:`make_queries` (content and positional queries of the selected
-    proposals), creates the modules it needs after ``super().__init__()`` and ends its
-    constructor with ``self._reset_parameters(those modules)``; it may extend
-    :meth:`forward_training`. The encoder and decoder must follow
-    :class:`~lite_detr.modeling.interfaces.MultiScaleEncoder` and
+    A subclass implements :meth:`content_queries` (and :meth:`position_queries` if the decoder
+    does not make them from the boxes) for the selected proposals, creates the modules it needs
+    after ``super().__init__()`` and ends its constructor with
+    ``self._reset_parameters(those modules)``; it may extend :meth:`forward_training`. The
+    encoder and decoder must follow :class:`~lite_detr.modeling.interfaces.MultiScaleEncoder` and
     :class:`~lite_detr.modeling.interfaces.QueryDecoder` (checked here), and the decoder's
     ``positional_queries`` must be the subclass's :attr:`positional_queries`.
     """
 
-    #: what the decoder's ``positional_queries`` must be for this detector's :meth:`make_queries`
+    #: what the decoder's ``positional_queries`` must be: "input" if :meth:`position_queries`
+    #: returns them
     positional_queries: str = "reference_boxes"
 
     def __init__(
@@ -345,45 +347,56 @@ class TwoStageDeformableDETR(nn.Module):
             }
         return ref_unsig.detach(), interm
 
-    def make_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tuple[Tensor, Tensor | None]:
-        """Decoder queries of the selected proposals (the subclass's part).
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Content queries of the selected proposals (every subclass's own).
 
         Args:
             ref_unsig: (N, Q, 4) selected proposal boxes, inverse-sigmoid, detached.
             memory: (N, S, C) encoder output (its dtype is the queries').
 
         Returns:
-            content (N, Q, C) and positional queries (N, Q, C), or None when the decoder makes
-            them from the reference boxes (``positional_queries="reference_boxes"``).
+            (N, Q, C)
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement make_queries")
+        raise NotImplementedError(f"{type(self).__name__} must implement content_queries")
+
+    def position_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor | None:
+        """Positional queries of the reference boxes, the same in every decoder layer, or None
+        (the default) when the decoder makes them from each layer's boxes. A subclass that
+        returns them sets :attr:`positional_queries` to "input".
+
+        Args:
+            ref_unsig: (N, Q, 4) reference boxes of all decoded queries, inverse-sigmoid.
+            memory: (N, S, C) encoder output.
+
+        Returns:
+            (N, Q, C) or None
+        """
+        return None
 
     def select_queries(
         self, enc: Dict[str, Tensor], num_queries: int | None = None
-    ) -> Tuple[Tensor, Tensor, Tensor | None, Dict[str, Tensor]]:
-        """:meth:`select_proposals` then :meth:`make_queries`.
+    ) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+        """:meth:`select_proposals` then :meth:`content_queries`.
 
         Returns:
-            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, positional queries
-            (N, Q, C) or None, and the proposals' outputs for the encoder loss.
+            content (N, Q, C), reference boxes (N, Q, 4) inverse-sigmoid, detached, and the
+            proposals' outputs for the encoder loss.
         """
         ref_unsig, interm = self.select_proposals(enc, num_queries)
-        content, query_pos = self.make_queries(ref_unsig, enc["memory"])
-        return content, ref_unsig, query_pos, interm
+        return self.content_queries(ref_unsig, enc["memory"]), ref_unsig, interm
 
     def decode(
         self,
         enc: Dict[str, Tensor],
         content: Tensor,
         ref_unsig: Tensor,
-        query_pos: Tensor | None = None,
         attn_mask: Tensor | None = None,
     ) -> Tuple[Tensor, Tensor]:
-        """Run the decoder on the encoder output of :meth:`encode`.
+        """Run the decoder on the encoder output of :meth:`encode`, with the positional queries
+        of :meth:`position_queries`.
 
         Args:
             content: (N, Q, C) content queries; ref_unsig: (N, Q, 4) inverse-sigmoid boxes.
-            query_pos: (N, Q, C) positional queries, or None (the decoder makes them).
             attn_mask: (Q, Q) bool decoder self-attention mask, True = blocked, or None.
 
         Returns:
@@ -398,7 +411,7 @@ class TwoStageDeformableDETR(nn.Module):
             enc["valid_ratios"],
             enc["padding_mask"],
             attn_mask,
-            query_pos=query_pos,
+            query_pos=self.position_queries(ref_unsig, enc["memory"]),
         )
 
     @staticmethod
@@ -437,8 +450,8 @@ class TwoStageDeformableDETR(nn.Module):
         enc = self.encode(*self.extract_features(images))
         if self.training:
             return self.forward_training(enc, targets)
-        content, ref_unsig, query_pos, _ = self.select_queries(enc)
-        logits, boxes = self.decode(enc, content, ref_unsig, query_pos)
+        content, ref_unsig, _ = self.select_queries(enc)
+        logits, boxes = self.decode(enc, content, ref_unsig)
         return self.inference(self.to_outputs(logits, boxes), images, batched_inputs)
 
     def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
@@ -448,8 +461,8 @@ class TwoStageDeformableDETR(nn.Module):
         Args:
             enc: output of :meth:`encode`; targets: of :meth:`prepare_targets`.
         """
-        content, ref_unsig, query_pos, interm = self.select_queries(enc)
-        logits, boxes = self.decode(enc, content, ref_unsig, query_pos)
+        content, ref_unsig, interm = self.select_queries(enc)
+        logits, boxes = self.decode(enc, content, ref_unsig)
         outputs = self.to_outputs(logits, boxes)
         outputs["interm_outputs"] = interm
         return self.criterion(outputs, targets, interm_targets=self.proposal_targets(targets))

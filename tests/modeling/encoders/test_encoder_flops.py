@@ -29,7 +29,7 @@ def _gflops(encoder):
     return flops.total() / 1e9
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _encoder_gflops(high_levels=None, feedforward_dim=512):
     """GFLOPs of the 6-layer baseline (``high_levels=None``) or of HxLy-(2+1)x3."""
     widths = dict(WIDTHS, feedforward_dim=feedforward_dim)

@@ -75,7 +75,7 @@ model = L(DeformableDETR)(
         look_forward_twice=False,
         share_heads=False,
         inverse_sigmoid_eps=1e-5,
-        positional_queries="input",  # from the proposals (DeformableDETR.make_queries)
+        positional_queries="input",  # from the proposals (DeformableDETR.position_queries)
         final_norm=False,
     ),
     criterion=L(SetCriterion)(

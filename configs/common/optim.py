@@ -17,6 +17,8 @@ AdamW = L(torch.optim.AdamW)(
         backbone_lr_factor=0.1,
         weight_decay_norm=0.0,
         weight_decay_embed=0.0,
+        # name substring -> lr factor, e.g. {"sampling_offsets": 0.1} (Deformable DETR)
+        lr_multipliers={},
     ),
     lr=1e-4,
     betas=(0.9, 0.999),

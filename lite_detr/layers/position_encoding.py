@@ -3,9 +3,9 @@
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "box_sine_embedding"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -81,3 +81,21 @@ class PositionEmbeddingSine(nn.Module):
             f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, "
             f"normalize={self.normalize}, scale={self.scale:.4f}, offset={self.offset}"
         )
+
+
+def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000) -> Tensor:
+    """Sine embedding of normalised boxes (DINO's ``gen_sineembed_for_position``).
+
+    Args:
+        boxes (Tensor): (N, Q, 4) normalised cxcywh (or (N, Q, 2) points).
+        num_feats: features per coordinate.
+
+    Returns:
+        Tensor: (N, Q, num_feats * boxes.shape[-1]), coordinates in the order y, x, w, h.
+    """
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    coords = boxes.float()[..., None] * (2 * math.pi) / dim_t  # (N, Q, D, F)
+    emb = torch.stack((coords[..., 0::2].sin(), coords[..., 1::2].cos()), dim=-1).flatten(-2)
+    order = [1, 0] + list(range(2, boxes.shape[-1]))  # y before x, as in DINO
+    return emb[..., order, :].flatten(-2)

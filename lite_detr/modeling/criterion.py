@@ -126,6 +126,7 @@ class SetCriterion(nn.Module):
         outputs: Dict,
         targets: List[Dict[str, Tensor]],
         dn_meta: Dict[str, int] | None = None,
+        interm_targets: List[Dict[str, Tensor]] | None = None,
     ) -> Dict[str, Tensor]:
         """
         Args:
@@ -135,6 +136,8 @@ class SetCriterion(nn.Module):
                 "aux_outputs", the denoising queries; requires ``dn_meta``).
             targets: N dicts with "labels" (T_i,) int64 and "boxes" (T_i, 4) normalised cxcywh.
             dn_meta: "num_groups" and "group_size" of the denoising queries.
+            interm_targets: targets of the "interm_outputs" (default ``targets``); Deformable
+                DETR's binary proposals get the targets with every label 0 (foreground).
 
         Returns:
             dict of weighted scalar losses.
@@ -150,9 +153,10 @@ class SetCriterion(nn.Module):
             )
         if "interm_outputs" in outputs:
             interm = outputs["interm_outputs"]
-            indices = self.matcher(interm, targets)
+            interm_targets = targets if interm_targets is None else interm_targets
+            indices = self.matcher(interm, interm_targets)
             losses.update(
-                self._weighted(self.get_losses(interm, targets, indices, num_boxes), "_enc")
+                self._weighted(self.get_losses(interm, interm_targets, indices, num_boxes), "_enc")
             )
         if "dn_outputs" in outputs:
             if dn_meta is None:

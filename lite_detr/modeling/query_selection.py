@@ -1,13 +1,16 @@
-"""Helpers of two-stage DETRs: padding masks, valid ratios and encoder-memory proposals."""
+"""Helpers of two-stage DETRs: padding masks, valid ratios, encoder-memory proposals and the
+queries made from them."""
 
 from typing import Sequence, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from lite_detr.layers import box_sine_embedding
 
 from .level_shapes import level_shapes
 
-__all__ = ["get_valid_ratio", "gen_encoder_output_proposals"]
+__all__ = ["ProposalEmbedding", "get_valid_ratio", "gen_encoder_output_proposals"]
 
 
 def get_valid_ratio(mask: Tensor) -> Tensor:
@@ -70,3 +73,33 @@ def gen_encoder_output_proposals(
     proposals = proposals.masked_fill(~valid[..., None], float("inf"))
     output_memory = memory.masked_fill(~valid[..., None], 0.0)
     return output_memory, proposals, valid
+
+
+class ProposalEmbedding(nn.Module):
+    """Deformable DETR's two-stage queries (section 4.2 and its release's ``pos_trans``): the sine
+    embedding of each selected proposal box (4 x C/2 = 2C features), a linear layer 2C -> 2C and
+    a LayerNorm, split into the positional query (first C) and the content query (last C).
+    """
+
+    def __init__(self, embed_dim: int = 256):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.pos_trans = nn.Linear(2 * embed_dim, 2 * embed_dim)
+        self.pos_trans_norm = nn.LayerNorm(2 * embed_dim)
+
+    def forward(
+        self, ref_unsig: Tensor, dtype: torch.dtype = torch.float32
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            ref_unsig (Tensor): (N, Q, 4) selected proposals, inverse-sigmoid cxcywh.
+            dtype: of the queries (the memory's).
+
+        Returns:
+            query_pos, content: (N, Q, C) each.
+        """
+        # the release embeds (x, y, w, h), this (y, x, w, h): a fixed permutation of the
+        # linear layer's inputs, the same model
+        emb = box_sine_embedding(ref_unsig.sigmoid(), self.embed_dim // 2).to(dtype)
+        out = self.pos_trans_norm(self.pos_trans(emb))
+        return out[..., : self.embed_dim], out[..., self.embed_dim :]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lite_detr.layers import PositionEmbeddingSine
+from lite_detr.layers import PositionEmbeddingSine, box_sine_embedding
 
 
 def test_shape_and_channel_layout():
@@ -43,3 +43,12 @@ def test_bad_arguments():
         PositionEmbeddingSine()(torch.zeros(1, 4, 4))
     with pytest.raises(ValueError, match="mask"):
         PositionEmbeddingSine()(torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_box_sine_embedding():
+    boxes = torch.rand(2, 3, 4)
+    emb = box_sine_embedding(boxes, 16)
+    assert emb.shape == (2, 3, 64)
+    # y first, then x: the first feature is sin(2*pi*y)
+    assert torch.allclose(emb[..., 0], torch.sin(boxes[..., 1] * 2 * torch.pi), atol=1e-5)
+    assert torch.allclose(emb[..., 16], torch.sin(boxes[..., 0] * 2 * torch.pi), atol=1e-5)

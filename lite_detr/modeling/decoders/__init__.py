@@ -1,5 +1,5 @@
-"""Transformer decoders of the DETR-family detectors."""
+"""Transformer decoders of two-stage deformable DETRs."""
 
-from .deformable_decoder import MLP, DeformableDecoder, DeformableDecoderLayer, box_sine_embedding
+from .deformable_decoder import POSITIONAL_QUERIES, DeformableDecoder, DeformableDecoderLayer
 
-__all__ = ["MLP", "DeformableDecoder", "DeformableDecoderLayer", "box_sine_embedding"]
+__all__ = ["DeformableDecoder", "DeformableDecoderLayer", "POSITIONAL_QUERIES"]

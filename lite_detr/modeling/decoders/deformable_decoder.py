@@ -7,50 +7,15 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from lite_detr.layers import FFN, KeyAwareDeformableAttention, MultiScaleDeformableAttention
+from lite_detr.layers import FFN, MLP, box_sine_embedding, build_deformable_attention
+from lite_detr.layers.attention_registry import check_attention_type
 
 from ..box_ops import inverse_sigmoid
 
-__all__ = ["MLP", "DeformableDecoderLayer", "DeformableDecoder", "box_sine_embedding"]
+__all__ = ["DeformableDecoderLayer", "DeformableDecoder", "POSITIONAL_QUERIES"]
 
-_CROSS_ATTENTIONS = {
-    "deformable": MultiScaleDeformableAttention,
-    "key_aware": KeyAwareDeformableAttention,
-}
-
-
-class MLP(nn.Module):
-    """``num_layers`` linear layers with ReLU in between (DETR's box head)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = torch.relu(x)
-        return x
-
-
-def box_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000) -> Tensor:
-    """Sine embedding of normalised boxes (DINO's ``gen_sineembed_for_position``).
-
-    Args:
-        boxes (Tensor): (N, Q, 4) normalised cxcywh (or (N, Q, 2) points).
-        num_feats: features per coordinate.
-
-    Returns:
-        Tensor: (N, Q, num_feats * boxes.shape[-1]), coordinates in the order y, x, w, h.
-    """
-    dim_t = torch.arange(num_feats, dtype=torch.float32, device=boxes.device)
-    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
-    coords = boxes.float()[..., None] * (2 * math.pi) / dim_t  # (N, Q, D, F)
-    emb = torch.stack((coords[..., 0::2].sin(), coords[..., 1::2].cos()), dim=-1).flatten(-2)
-    order = [1, 0] + list(range(2, boxes.shape[-1]))  # y before x, as in DINO
-    return emb[..., order, :].flatten(-2)
+# where a decoder's positional queries come from (see DeformableDecoder)
+POSITIONAL_QUERIES = ("reference_boxes", "input")
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -65,22 +30,32 @@ class DeformableDecoderLayer(nn.Module):
         feedforward_dim: int = 2048,
         dropout: float = 0.0,
         cross_attention: str = "deformable",
+        attention_dropout: float = 0.0,
+        separate_key_proj: bool = False,
     ):
         """
         Args:
-            cross_attention: "deformable" (Deformable DETR's MSDA) or "key_aware" (Lite DETR's
-                KDA, docs/model.md section 5; the released Lite-DINO uses it in the decoder too).
+            dropout: on the residual branches, inside the FFN and on the self-attention weights
+                (as Deformable DETR's layer).
+            cross_attention: a key of :data:`lite_detr.layers.ATTENTION_TYPES`: "deformable"
+                (Deformable DETR's MSDA) or "key_aware" (Lite DETR's KDA, docs/model.md section
+                5; the released Lite-DINO uses it in the decoder too).
+            attention_dropout: dropout inside the cross-attention, before its output projection
+                (0 in Deformable DETR, DINO and Lite DETR).
+            separate_key_proj: KDA's own key projection (``cross_attention="key_aware"`` only).
         """
         super().__init__()
-        if cross_attention not in _CROSS_ATTENTIONS:
-            raise ValueError(
-                f"cross_attention must be one of {sorted(_CROSS_ATTENTIONS)}, "
-                f"got {cross_attention!r}"
-            )
         self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout, batch_first=True)
         self.self_attn_norm = nn.LayerNorm(embed_dim)
-        self.cross_attn = _CROSS_ATTENTIONS[cross_attention](
-            embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
+        self.cross_attn = build_deformable_attention(
+            cross_attention,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_points=num_points,
+            dropout=attention_dropout,
+            separate_key_proj=separate_key_proj,
+            owner=type(self).__name__,
         )
         self.cross_attn_norm = nn.LayerNorm(embed_dim)
         self.ffn = FFN(embed_dim, feedforward_dim, dropout)
@@ -128,16 +103,20 @@ class DeformableDecoderLayer(nn.Module):
 
 
 class DeformableDecoder(nn.Module):
-    """Decoder of DINO / two-stage Deformable DETR with iterative box refinement.
+    """Decoder of DINO / two-stage Deformable DETR / H-DETR with iterative box refinement.
 
     Each layer's box head refines the reference boxes of the next layer (gradients stopped between
-    layers). Positional queries are an MLP of the sine embedding of the current reference boxes
-    (DAB/DINO). With ``look_forward_twice`` (DINO, section 3.5) the box predicted by layer i
-    is relative to the *undetached* reference of layer i-1, so layer i's loss also updates layer
-    i-1's box head; without it (Deformable DETR) the reference is detached.
+    layers). The positional queries are either an MLP of the sine embedding of each layer's
+    current reference boxes (``positional_queries="reference_boxes"``, DAB-DETR / DINO) or given
+    by the detector and the same in every layer (``"input"``, Deformable DETR / H-DETR: a
+    projection of the proposals' embedding). With ``look_forward_twice`` (DINO, section 3.5) the
+    box predicted by layer i is relative to the *undetached* reference of layer i-1, so layer i's
+    loss also updates layer i-1's box head; without it (Deformable DETR) the reference is
+    detached.
 
-    The classification and box heads live here (one per layer; ``share_heads`` ties them as the
-    released DINO / Lite-DINO do).
+    The classification and box heads live here (``class_embed`` / ``bbox_embed``, one per layer;
+    ``share_heads`` ties them as the released DINO / Lite-DINO do). It satisfies
+    :class:`~lite_detr.modeling.interfaces.QueryDecoder`.
     """
 
     def __init__(
@@ -154,25 +133,51 @@ class DeformableDecoder(nn.Module):
         look_forward_twice: bool = True,
         share_heads: bool = True,
         inverse_sigmoid_eps: float = 1e-3,
+        positional_queries: str = "reference_boxes",
+        final_norm: bool = True,
+        attention_dropout: float = 0.0,
+        separate_key_proj: bool = False,
     ):
         """
         Args:
             num_classes: K, output logits per query (sigmoid, no background class).
             num_layers: decoder layers (6).
             embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout: layer sizes.
-            cross_attention: "deformable" or "key_aware", see :class:`DeformableDecoderLayer`.
+            cross_attention: "deformable" or "key_aware", see :class:`DeformableDecoderLayer`;
+                an explicit choice, independent of the encoder's attention.
             look_forward_twice: DINO's box prediction through the undetached previous reference.
             share_heads: one class head and one box head shared by all layers.
             inverse_sigmoid_eps: clamp of the boxes before their logit, when a layer refines
                 them: 1e-3 in the released DINO / Lite-DINO, 1e-5 in Deformable DETR's. Boxes
                 nearer than this to 0 or 1 (e.g. a selected border proposal, (1, 1, 1, 1)) get a
                 bounded logit, so the value changes outputs.
+            positional_queries: "reference_boxes" (an MLP ``ref_point_head`` of each layer's
+                reference boxes) or "input" (the ``query_pos`` argument of :meth:`forward`).
+            final_norm: a LayerNorm (``norm``) before the heads (DINO); Deformable DETR has none.
+            attention_dropout, separate_key_proj: of the cross-attention, see
+                :class:`DeformableDecoderLayer`.
         """
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"DeformableDecoder: num_layers must be >= 1, got {num_layers}")
+        if positional_queries not in POSITIONAL_QUERIES:
+            raise ValueError(
+                f"DeformableDecoder: positional_queries must be one of {POSITIONAL_QUERIES}, got "
+                f"{positional_queries!r}"
+            )
+        check_attention_type(
+            "DeformableDecoder", cross_attention, separate_key_proj, field="cross_attention"
+        )
         layer = DeformableDecoderLayer(
-            embed_dim, num_heads, num_levels, num_points, feedforward_dim, dropout, cross_attention
+            embed_dim,
+            num_heads,
+            num_levels,
+            num_points,
+            feedforward_dim,
+            dropout,
+            cross_attention,
+            attention_dropout,
+            separate_key_proj,
         )
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.num_layers = num_layers
@@ -181,8 +186,10 @@ class DeformableDecoder(nn.Module):
         self.cross_attention = cross_attention
         self.look_forward_twice = look_forward_twice
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
-        self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
-        self.norm = nn.LayerNorm(embed_dim)
+        self.positional_queries = positional_queries
+        if positional_queries == "reference_boxes":
+            self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
+        self.norm = nn.LayerNorm(embed_dim) if final_norm else None
 
         class_embed = nn.Linear(embed_dim, num_classes)
         nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior prob 0.01
@@ -206,6 +213,7 @@ class DeformableDecoder(nn.Module):
         valid_ratios: Tensor,
         memory_padding_mask: Tensor | None = None,
         self_attn_mask: Tensor | None = None,
+        query_pos: Tensor | None = None,
     ) -> Tuple[Tensor, Tensor]:
         """
         Args:
@@ -217,6 +225,8 @@ class DeformableDecoder(nn.Module):
             valid_ratios (Tensor): (N, L, 2) valid (w, h) fraction of each padded level.
             memory_padding_mask (Tensor or None): (N, S) bool, True = padding.
             self_attn_mask (Tensor or None): (Q, Q) bool, True = blocked (denoising mask).
+            query_pos (Tensor or None): (N, Q, C) positional queries of every layer, required with
+                ``positional_queries="input"`` and refused otherwise.
 
         Returns:
             logits (Tensor): (num_layers, N, Q, K) classification logits of every layer.
@@ -230,6 +240,16 @@ class DeformableDecoder(nn.Module):
                 f"DeformableDecoder: query {tuple(query.shape)} and reference boxes "
                 f"{tuple(reference_boxes_unsig.shape)} must be (N, Q, C) and (N, Q, 4)"
             )
+        if (query_pos is None) != (self.positional_queries == "reference_boxes"):
+            raise ValueError(
+                f"DeformableDecoder: positional_queries={self.positional_queries!r} "
+                + ("takes no query_pos" if query_pos is not None else "needs query_pos (N, Q, C)")
+            )
+        if query_pos is not None and query_pos.shape != query.shape:
+            raise ValueError(
+                f"DeformableDecoder: query_pos {tuple(query_pos.shape)} must have the shape of "
+                f"query {tuple(query.shape)}"
+            )
         reference = reference_boxes_unsig.sigmoid().detach()
         prev_reference = reference  # reference of the current layer, undetached if look-twice
         ratios = torch.cat([valid_ratios, valid_ratios], -1)[:, None]  # (N, 1, L, 4)
@@ -237,12 +257,14 @@ class DeformableDecoder(nn.Module):
         output = query
         for i, layer in enumerate(self.layers):
             ref_input = reference[:, :, None] * ratios  # (N, Q, L, 4) on the padded maps
-            query_pos = self.ref_point_head(
-                box_sine_embedding(ref_input[:, :, 0], self.embed_dim // 2).to(output.dtype)
-            )
+            pos = query_pos
+            if pos is None:
+                pos = self.ref_point_head(
+                    box_sine_embedding(ref_input[:, :, 0], self.embed_dim // 2).to(output.dtype)
+                )
             output = layer(
                 output,
-                query_pos,
+                pos,
                 ref_input,
                 memory,
                 spatial_shapes,
@@ -250,13 +272,14 @@ class DeformableDecoder(nn.Module):
                 memory_padding_mask,
                 self_attn_mask,
             )
-            hidden = self.norm(output)
+            hidden = output if self.norm is None else self.norm(output)
             base = prev_reference if self.look_forward_twice else reference
             all_logits.append(self.class_embed[i](hidden))
             eps = self.inverse_sigmoid_eps
-            all_boxes.append((self.bbox_embed[i](hidden) + inverse_sigmoid(base, eps)).sigmoid())
+            out_delta = self.bbox_embed[i](hidden)
+            all_boxes.append((out_delta + inverse_sigmoid(base, eps)).sigmoid())
             # the next layer's reference comes from the un-normed output, as in DINO's release
-            delta = self.bbox_embed[i](output)
+            delta = out_delta if self.norm is None else self.bbox_embed[i](output)
             new_reference = (delta + inverse_sigmoid(reference, eps)).sigmoid()
             prev_reference = new_reference
             reference = new_reference.detach()
@@ -266,5 +289,6 @@ class DeformableDecoder(nn.Module):
         return (
             f"num_layers={self.num_layers}, cross_attention={self.cross_attention!r}, "
             f"look_forward_twice={self.look_forward_twice}, "
+            f"positional_queries={self.positional_queries!r}, final_norm={self.norm is not None}, "
             f"inverse_sigmoid_eps={self.inverse_sigmoid_eps}"
         )

@@ -5,9 +5,10 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from lite_detr.layers.attention_registry import check_attention_type
+
 from ..level_shapes import level_shapes
 from .encoder_layer import (
-    ATTENTION_TYPES,
     DeformableEncoderLayer,
     check_encoder_inputs,
     get_reference_points,
@@ -34,6 +35,8 @@ class DeformableEncoder(nn.Module):
         feedforward_dim: int = 2048,
         dropout: float = 0.0,
         attention: str = "deformable",
+        attention_dropout: float = 0.0,
+        separate_key_proj: bool = False,
     ):
         """
         Args:
@@ -44,18 +47,18 @@ class DeformableEncoder(nn.Module):
             num_points (int): sampling points per head and level.
             feedforward_dim (int): FFN hidden width (2048 in DINO, 1024 in Deformable DETR).
             dropout (float): dropout of the layers (0 in DINO).
-            attention (str): "deformable" (multi-scale deformable attention) or "key_aware" (KDA).
+            attention (str): "deformable" (multi-scale deformable attention) or "key_aware"
+                (KDA), a key of :data:`lite_detr.layers.ATTENTION_TYPES`.
+            attention_dropout (float): dropout inside each attention, before its output
+                projection (0 in Deformable DETR, DINO and Lite DETR).
+            separate_key_proj (bool): KDA's own key projection (``attention="key_aware"`` only).
         """
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(
                 f"DeformableEncoder: num_layers must be an int >= 1, got {num_layers!r}"
             )
-        if attention not in ATTENTION_TYPES:
-            raise ValueError(
-                f"DeformableEncoder: unknown attention {attention!r}; expected one of "
-                f"{sorted(ATTENTION_TYPES)}"
-            )
+        check_attention_type("DeformableEncoder", attention, separate_key_proj)
         self.embed_dim = embed_dim
         self.num_levels = num_levels
         self.attention = attention
@@ -68,6 +71,8 @@ class DeformableEncoder(nn.Module):
                 feedforward_dim=feedforward_dim,
                 dropout=dropout,
                 attention=attention,
+                attention_dropout=attention_dropout,
+                separate_key_proj=separate_key_proj,
             )
             for _ in range(num_layers)
         )

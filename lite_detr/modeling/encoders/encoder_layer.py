@@ -5,40 +5,16 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
-from lite_detr.layers import FFN, KeyAwareDeformableAttention, MultiScaleDeformableAttention
+from lite_detr.layers import FFN, build_deformable_attention
 
 from ..level_shapes import level_shapes
 
 __all__ = [
-    "ATTENTION_TYPES",
-    "build_deformable_attention",
     "check_encoder_inputs",
     "get_reference_points",
     "DeformableEncoderLayer",
     "JointEncoderLayer",
 ]
-
-ATTENTION_TYPES = {
-    "deformable": MultiScaleDeformableAttention,
-    "key_aware": KeyAwareDeformableAttention,
-}
-
-
-def build_deformable_attention(
-    attention: str, embed_dim: int, num_heads: int, num_levels: int, num_points: int
-) -> nn.Module:
-    """
-    Build the self-attention of an encoder layer by name: "deformable" (Deformable DETR's
-    multi-scale deformable attention) or "key_aware" (Lite DETR's KDA).
-    """
-    if attention not in ATTENTION_TYPES:
-        raise ValueError(
-            f"Unknown encoder attention {attention!r}; expected one of {sorted(ATTENTION_TYPES)}"
-        )
-    # dropout stays 0 inside the attention: encoder layers drop on the residual branch instead
-    return ATTENTION_TYPES[attention](
-        embed_dim=embed_dim, num_heads=num_heads, num_levels=num_levels, num_points=num_points
-    )
 
 
 def get_reference_points(
@@ -146,6 +122,8 @@ class DeformableEncoderLayer(nn.Module):
         feedforward_dim: int = 2048,
         dropout: float = 0.0,
         attention: str = "deformable",
+        attention_dropout: float = 0.0,
+        separate_key_proj: bool = False,
     ):
         """
         Args:
@@ -153,11 +131,22 @@ class DeformableEncoderLayer(nn.Module):
                 :class:`lite_detr.layers.MultiScaleDeformableAttention`.
             feedforward_dim (int): hidden width of the FFN.
             dropout (float): dropout on the residual branches and inside the FFN.
-            attention (str): "deformable" or "key_aware".
+            attention (str): a key of :data:`lite_detr.layers.ATTENTION_TYPES` ("deformable",
+                "key_aware").
+            attention_dropout (float): dropout inside the attention, before its output
+                projection (0 in Deformable DETR, DINO and Lite DETR).
+            separate_key_proj (bool): KDA's own key projection (``attention="key_aware"`` only).
         """
         super().__init__()
         self.self_attn = build_deformable_attention(
-            attention, embed_dim, num_heads, num_levels, num_points
+            attention,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_levels=num_levels,
+            num_points=num_points,
+            dropout=attention_dropout,
+            separate_key_proj=separate_key_proj,
+            owner=type(self).__name__,
         )
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(embed_dim)

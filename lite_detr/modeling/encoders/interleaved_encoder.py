@@ -5,9 +5,10 @@ from typing import Sequence, Tuple
 import torch
 from torch import nn
 
+from lite_detr.layers.attention_registry import check_attention_type
+
 from ..level_shapes import level_shapes
 from .encoder_layer import (
-    ATTENTION_TYPES,
     DeformableEncoderLayer,
     JointEncoderLayer,
     check_encoder_inputs,
@@ -48,6 +49,8 @@ class InterleavedEncoder(nn.Module):
         low_feedforward_dim: int = 256,
         dropout: float = 0.0,
         attention: str = "key_aware",
+        attention_dropout: float = 0.0,
+        separate_key_proj: bool = False,
     ):
         """
         Args:
@@ -63,7 +66,11 @@ class InterleavedEncoder(nn.Module):
             feedforward_dim (int): hidden width of the wide FFN of F_H.
             low_feedforward_dim (int): hidden width of the light FFN of F_L.
             dropout (float): dropout of the layers (0 in DINO).
-            attention (str): "key_aware" (KDA, the paper's) or "deformable".
+            attention (str): "key_aware" (KDA, the paper's) or "deformable", a key of
+                :data:`lite_detr.layers.ATTENTION_TYPES`.
+            attention_dropout (float): dropout inside each attention, before its output
+                projection (0 in Deformable DETR, DINO and Lite DETR).
+            separate_key_proj (bool): KDA's own key projection (``attention="key_aware"`` only).
         """
         super().__init__()
         for name, v in (("num_blocks", num_blocks), ("num_high_updates", num_high_updates)):
@@ -75,11 +82,7 @@ class InterleavedEncoder(nn.Module):
                 f"num_levels={num_levels} (at least one low- and one high-level scale), got "
                 f"{num_high_levels!r}"
             )
-        if attention not in ATTENTION_TYPES:
-            raise ValueError(
-                f"InterleavedEncoder: unknown attention {attention!r}; expected one of "
-                f"{sorted(ATTENTION_TYPES)}"
-            )
+        check_attention_type("InterleavedEncoder", attention, separate_key_proj)
         self.num_blocks = num_blocks
         self.num_high_updates = num_high_updates
         self.num_high_levels = num_high_levels
@@ -96,6 +99,8 @@ class InterleavedEncoder(nn.Module):
             "feedforward_dim": feedforward_dim,
             "dropout": dropout,
             "attention": attention,
+            "attention_dropout": attention_dropout,
+            "separate_key_proj": separate_key_proj,
         }
         layers = []
         for _ in range(num_blocks):

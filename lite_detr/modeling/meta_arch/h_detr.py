@@ -1,13 +1,14 @@
-"""H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: Deformable DETR with hybrid matching."""
+"""H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: two-stage Deformable DETR with hybrid
+matching."""
 
 from typing import Dict, List
 
 import torch
-from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from torch import Tensor
+from torch import Tensor, nn
 
-from .deformable_detr import DeformableDETR
+from ..query_selection import ProposalEmbedding
+from .two_stage import TwoStageDeformableDETR
 
 __all__ = ["HDETR", "LiteHDETR", "build_hybrid_attn_mask", "repeat_targets"]
 
@@ -40,28 +41,30 @@ def repeat_targets(targets: List[Dict[str, Tensor]], k: int) -> List[Dict[str, T
 
 
 @META_ARCH_REGISTRY.register()
-class HDETR(DeformableDETR):
-    """DETRs with Hybrid Matching (Jia et al., arXiv 2207.13080) on two-stage Deformable DETR.
+class HDETR(TwoStageDeformableDETR):
+    """DETRs with Hybrid Matching (Jia et al., arXiv 2207.13080) on two-stage Deformable DETR,
+    as its R50 36-epoch results: mixed query selection and look-forward-twice included.
 
-    In training the top ``Q1 + Q2`` encoder proposals become decoder queries: the first ``Q1``
-    (the one-to-one group, exactly the queries of inference) are matched one-to-one to the ground
-    truth; the other ``Q2`` (the one-to-many group) are matched one-to-one to the ground truth
-    repeated ``k`` times, i.e. each object gets up to ``k`` positive queries, which trains the
-    shared encoder/decoder with denser supervision. Decoder self-attention is masked between the
-    groups. At inference only the ``Q1`` one-to-one queries are selected and decoded: the model is
-    then exactly a :class:`DeformableDETR` (H-DETR, section 3.2.1).
-
-    ``num_queries`` is the number of queries that run: ``Q1 + Q2`` in training, ``Q1`` otherwise;
-    assigning it (as the config's ``num_queries``) sets ``Q1``.
+    A :class:`TwoStageDeformableDETR` with Deformable DETR's binary proposals and proposal
+    positional queries (:class:`~lite_detr.modeling.query_selection.ProposalEmbedding`, its first
+    C channels), learned content queries (mixed query selection, ``tgt_embed``), and what H-DETR
+    adds, the one-to-many branch: in training the top ``Q1 + Q2`` proposals become queries; the
+    first ``Q1`` (the one-to-one group, exactly the queries of inference) are matched one-to-one
+    to the ground truth, the other ``Q2`` (the one-to-many group) one-to-one to the ground truth
+    repeated ``k`` times, i.e. each object gets up to ``k`` positive queries. Decoder
+    self-attention is masked between the groups. At inference only the ``Q1`` one-to-one queries
+    are selected and decoded (section 3.2.1).
     """
 
-    @configurable
+    positional_queries = "input"
+
     def __init__(
         self,
         *,
         num_queries_one2many: int = 1500,
         one2many_repeats: int = 6,
         one2many_loss_weight: float = 1.0,
+        binary_proposals: bool = True,
         **kwargs,
     ):
         """
@@ -69,10 +72,9 @@ class HDETR(DeformableDETR):
             num_queries_one2many: Q2, extra queries of the one-to-many group (1500).
             one2many_repeats: k, times the ground truth is repeated for their matching (6).
             one2many_loss_weight: lambda, weight of the one-to-many losses (1).
-            kwargs: arguments of :class:`DeformableDETR`; ``num_queries`` is Q1 (300).
+            binary_proposals: Deformable DETR's foreground-only proposals (True).
+            kwargs: arguments of :class:`TwoStageDeformableDETR`; ``num_queries`` is Q1 (300).
         """
-        if kwargs.get("denoising") is not None:
-            raise ValueError("HDETR: denoising queries are not supported; set model.denoising=None")
         if not isinstance(num_queries_one2many, int) or num_queries_one2many < 0:
             raise ValueError(
                 f"HDETR: num_queries_one2many must be an int >= 0, got {num_queries_one2many!r}"
@@ -81,45 +83,55 @@ class HDETR(DeformableDETR):
             raise ValueError(
                 f"HDETR: one2many_repeats must be an int >= 1, got {one2many_repeats!r}"
             )
-        super().__init__(**kwargs)
+        super().__init__(binary_proposals=binary_proposals, **kwargs)
         self.num_queries_one2many = num_queries_one2many
         self.one2many_repeats = one2many_repeats
         self.one2many_loss_weight = one2many_loss_weight
+        self.proposal_embed = ProposalEmbedding(self.embed_dim)
+        # one learned content query per query of both groups; inference uses the first Q1
+        self.tgt_embed = nn.Embedding(self.num_queries + num_queries_one2many, self.embed_dim)
+        self._reset_parameters([self.proposal_embed, self.tgt_embed])
 
-    @property
-    def num_queries(self) -> int:
-        """Queries selected and decoded: Q1 + Q2 in training, Q1 at inference."""
-        return self.num_queries_one2one + (self.num_queries_one2many if self.training else 0)
-
-    @num_queries.setter
-    def num_queries(self, value: int) -> None:
-        self.num_queries_one2one = value
-
-    def forward_training(
-        self,
-        enc: Dict[str, Tensor],
-        content: Tensor,
-        ref_unsig: Tensor,
-        interm: Dict[str, Tensor],
-        targets: List[Dict],
-    ) -> Dict[str, Tensor]:
-        """:meth:`DINO.forward_training` with hybrid matching: the losses of the one-to-many
-        group are added with the suffix ``_one2many`` (e.g. ``loss_class_one2many``,
-        ``loss_bbox_0_one2many``).
+    def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Learned content queries: the first Q rows of ``tgt_embed`` (Q1 at inference, Q1 + Q2
+        in training).
 
         Args:
-            content, ref_unsig, interm: the top-(Q1 + Q2) proposals in score order, so the first
-                Q1 are the queries of inference; other arguments as :meth:`DINO.forward_training`.
+            ref_unsig: (N, Q, 4) selected proposal boxes, inverse-sigmoid, detached.
+            memory: (N, S, C) encoder output.
+
+        Returns:
+            (N, Q, C)
+        """
+        content = self.tgt_embed.weight[: ref_unsig.shape[1]]
+        return content[None].expand(memory.shape[0], -1, -1)
+
+    def position_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
+        """Deformable DETR's positional queries: the first C channels of the proposals'
+        projection (:class:`ProposalEmbedding`), for every decoder layer.
+
+        Returns:
+            (N, Q, C)
+        """
+        return self.proposal_embed(ref_unsig, memory.dtype)[0]
+
+    def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
+        """Hybrid matching: the losses of the one-to-one group as
+        :meth:`TwoStageDeformableDETR.forward_training`, plus those of the one-to-many group
+        with the suffix ``_one2many`` (e.g. ``loss_class_one2many``, ``loss_bbox_0_one2many``).
         """
         if self.num_queries_one2many == 0:
-            return super().forward_training(enc, content, ref_unsig, interm, targets)
-        q1 = self.num_queries_one2one
+            return super().forward_training(enc, targets)
+        q1 = self.num_queries
+        # the top-(Q1 + Q2) proposals in score order: the first Q1 are the queries of inference
+        content, ref_unsig, interm = self.select_queries(enc, q1 + self.num_queries_one2many)
         attn_mask = build_hybrid_attn_mask(q1, self.num_queries_one2many, self.device)
         logits, boxes = self.decode(enc, content, ref_unsig, attn_mask)
         one2one = self.to_outputs(logits[:, :, :q1], boxes[:, :, :q1])
-        # the encoder loss sees the same top-Q1 proposals as without hybrid matching
-        one2one["interm_outputs"] = {k: v[:, :q1] for k, v in interm.items()}
-        losses = self.criterion(one2one, targets)
+        one2one["interm_outputs"] = interm  # every token's proposal (binary_proposals)
+        if not self.binary_proposals:
+            one2one["interm_outputs"] = {k: v[:, :q1] for k, v in interm.items()}
+        losses = self.criterion(one2one, targets, interm_targets=self.proposal_targets(targets))
 
         one2many = self.to_outputs(logits[:, :, q1:], boxes[:, :, q1:])
         many = self.criterion(one2many, repeat_targets(targets, self.one2many_repeats))
@@ -128,7 +140,7 @@ class HDETR(DeformableDETR):
 
     def extra_repr(self) -> str:
         return (
-            f"num_queries_one2one={self.num_queries_one2one}, "
+            f"num_queries_one2one={self.num_queries}, "
             f"num_queries_one2many={self.num_queries_one2many}, "
             f"one2many_repeats={self.one2many_repeats}, "
             f"one2many_loss_weight={self.one2many_loss_weight}"
@@ -138,4 +150,5 @@ class HDETR(DeformableDETR):
 @META_ARCH_REGISTRY.register()
 class LiteHDETR(HDETR):
     """Lite-H-DETR: H-DETR whose encoder is Lite DETR's interleaved encoder with key-aware
-    deformable attention. Same code as :class:`HDETR`; the encoder comes from the config."""
+    deformable attention (KDA in the decoder's cross-attention too). Same code as
+    :class:`HDETR`: the encoder and the attention types come from the config."""

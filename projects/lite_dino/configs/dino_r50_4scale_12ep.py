@@ -1,16 +1,8 @@
-"""DINO-4scale R50, 12 epochs on COCO (the baseline of Lite-DINO)."""
+"""DINO-4scale R50, 12 epochs on COCO (the baseline of Lite-DINO; the model, data and optimizer
+of ``dino_r50_4scale_36ep.py``)."""
 
 from ....configs.common.coco_schedule import lr_multiplier_12ep as lr_multiplier
-from ....configs.common.data.coco_detr import dataloader, datasets
-from ....configs.common.optim import AdamWDecayAll as optimizer
-from ....configs.common.train import train
-from .models.dino_r50 import model
+from .dino_r50_4scale_36ep import dataloader, datasets, model, optimizer, train
 
-# torchvision ImageNet weights (RGB input), as DINO
-train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/dino_r50_4scale_12ep"
 train.max_iter = 12 * 7500
-train.eval_period = 7500
-train.checkpointer.period = 7500
-train.device = "cuda"
-dataloader.train.total_batch_size = 16

@@ -7,8 +7,11 @@ from ....configs.common.optim import AdamW as optimizer
 from ....configs.common.train import train
 from .models.h_detr_r50 import model
 
-# H-DETR's lr: 2e-4 (backbone 2e-5 through the common backbone_lr_factor)
+# H-DETR's optimizer: lr 2e-4, backbone x0.1 (the common backbone_lr_factor) and sampling
+# offsets x0.1 (the release's lr_linear_proj_mult; its other name, reference_points, is a layer of
+# the one-stage model only: here the reference boxes are the proposals)
 optimizer.lr = 2e-4
+optimizer.params.lr_multipliers = {"sampling_offsets": 0.1}
 
 # torchvision ImageNet weights (RGB input)
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lite_detr.modeling.decoders import DeformableDecoder, box_sine_embedding
+from lite_detr.modeling.decoders import DeformableDecoder
 from lite_detr.modeling.denoising import build_dn_attn_mask
 
 C, L = 32, 2
@@ -95,13 +95,41 @@ def test_look_forward_twice_gradient_path(look_forward_twice):
     assert (grad is not None and grad.abs().sum() > 0) == look_forward_twice
 
 
-def test_box_sine_embedding():
-    boxes = torch.rand(2, 3, 4)
-    emb = box_sine_embedding(boxes, 16)
-    assert emb.shape == (2, 3, 64)
-    # y first, then x: the first feature is sin(2*pi*y)
-    assert torch.allclose(emb[..., 0], torch.sin(boxes[..., 1] * 2 * torch.pi), atol=1e-5)
-    assert torch.allclose(emb[..., 16], torch.sin(boxes[..., 0] * 2 * torch.pi), atol=1e-5)
+def test_positional_queries_from_the_input_and_no_final_norm():
+    """Deformable DETR's decoder: the given positional queries serve every layer (no
+    ref_point_head), the heads read the layer output itself (no final LayerNorm)."""
+    memory, shapes, start, ratios, mask = memory_inputs()
+    torch.manual_seed(0)
+    decoder = make_decoder(positional_queries="input", final_norm=False).eval()
+    assert not hasattr(decoder, "ref_point_head") and decoder.norm is None
+    names = {n.split(".")[0] for n, _ in decoder.named_parameters()}
+    assert names == {"layers", "class_embed", "bbox_embed"}
+    query, ref = torch.randn(2, 5, C), torch.randn(2, 5, 4)
+    pos = torch.randn(2, 5, C)
+    seen = []
+    decoder.layers[1].register_forward_hook(lambda m, args, out: seen.append((args[1], out)))
+    logits, boxes = decoder(query, ref, memory, shapes, start, ratios, mask, query_pos=pos)
+    layer_pos, layer_out = seen[0]
+    assert layer_pos is pos  # the same positional queries in the second layer
+    assert torch.allclose(logits[1], decoder.class_embed[1](layer_out))
+    other = decoder(query, ref, memory, shapes, start, ratios, mask, query_pos=pos + 1)[0]
+    assert not torch.allclose(other, logits)
+    with pytest.raises(ValueError, match="needs query_pos"):
+        decoder(query, ref, memory, shapes, start, ratios, mask)
+    with pytest.raises(ValueError, match="takes no query_pos"):
+        make_decoder()(query, ref, memory, shapes, start, ratios, mask, query_pos=pos)
+    with pytest.raises(ValueError, match="positional_queries"):
+        make_decoder(positional_queries="learned")
+
+
+def test_attention_options_reach_the_cross_attention():
+    decoder = make_decoder(
+        cross_attention="key_aware", separate_key_proj=True, attention_dropout=0.25
+    )
+    attn = decoder.layers[0].cross_attn
+    assert attn.key_proj is not None and attn.dropout.p == 0.25
+    with pytest.raises(ValueError, match="separate_key_proj"):
+        make_decoder(cross_attention="deformable", separate_key_proj=True)
 
 
 def test_decoder_errors():

@@ -6,15 +6,17 @@ import re
 import numpy as np
 import pytest
 import torch
-from detectron2.config import LazyConfig
+from detectron2.config import LazyConfig, instantiate
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 
 from lite_detr.data.datasets.shapes import generate_shapes_dataset
+from lite_detr.layers import ATTENTION_TYPES, box_sine_embedding
 from lite_detr.modeling import DINO, InterleavedEncoder
-from lite_detr.modeling.decoders import box_sine_embedding
+from lite_detr.modeling.meta_arch import TwoStageDeformableDETR
 from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR, LiteDeformableDETR
+from lite_detr.solver import get_detr_optimizer_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -69,14 +71,22 @@ def test_registered_and_built_from_configs(build_tiny):
     assert META_ARCH_REGISTRY.get("DeformableDETR") is DeformableDETR
     assert META_ARCH_REGISTRY.get("LiteDeformableDETR") is LiteDeformableDETR
     model = build_tiny()
-    assert type(model) is DeformableDETR and isinstance(model, DINO)
-    assert model.denoising is None and model.num_queries == 20
+    # a sibling of DINO on the shared base, not a DINO with parts switched off
+    assert type(model) is DeformableDETR and isinstance(model, TwoStageDeformableDETR)
+    assert not isinstance(model, DINO) and not hasattr(model, "denoising")
+    assert model.num_queries == 20
     assert not model.decoder.look_forward_twice
     assert model.decoder.class_embed[0] is not model.decoder.class_embed[1]  # one head per layer
     assert model.criterion.weight_dict["loss_class"] == 2.0
     assert model.variant_tag.tags == {"encoder": "deformable2/deformable", "decoder": "deformable"}
-    # content queries come from the proposals: no learned query embedding in the weights
-    assert not any(k.startswith("tgt_embed") for k in model.state_dict())
+    # content and positional queries come from the proposals: no learned query embedding, no
+    # ref_point_head, and no final decoder LayerNorm in the weights
+    keys = list(model.state_dict())
+    assert not any(
+        k.startswith(("tgt_embed", "decoder.ref_point_head", "decoder.norm")) for k in keys
+    )
+    assert model.proposal_embed.pos_trans.weight.shape == (128, 128)  # 2C -> 2C
+    assert model.proposal_embed.pos_trans_norm.normalized_shape == (128,)
     lite = build_tiny("lite_deformable_detr_r50")
     assert type(lite) is LiteDeformableDETR and isinstance(lite.encoder, InterleavedEncoder)
     assert lite.variant_tag.tags == {"encoder": "H3L1-(2+1)x1/key_aware", "decoder": "key_aware"}
@@ -99,7 +109,7 @@ def test_train_and_eval_on_images_of_different_sizes(name, build_tiny, make_inpu
     total.backward()
     # every trainable parameter is used (DDP without find_unused_parameters)
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
-    assert model.content_proj.weight.grad.abs().sum() > 0
+    assert model.proposal_embed.pos_trans.weight.grad.abs().sum() > 0
 
     model.eval()
     with torch.no_grad():
@@ -112,26 +122,93 @@ def test_train_and_eval_on_images_of_different_sizes(name, build_tiny, make_inpu
     assert (b[:, 0] >= 0).all() and (b[:, 2] <= 192).all() and (b[:, 3] <= 128).all()
 
 
-def test_content_queries_follow_the_proposals(build_tiny, make_input):
-    """Two-stage: each decoder query's content is a function of its selected proposal box."""
+def test_queries_follow_the_proposals(build_tiny, make_input):
+    """Two-stage: each decoder query's content and position are the two halves of a projection
+    of its selected proposal box; the same positional queries serve every decoder layer."""
     model = build_tiny().eval()
-    seen = {}
-    model.decoder.register_forward_hook(lambda m, args, out: seen.update(args=args))
+    seen, layer_pos = {}, []
+    model.decoder.register_forward_hook(
+        lambda m, args, kw, out: seen.update(args=args, kw=kw), with_kwargs=True
+    )
+    for layer in model.decoder.layers:
+        layer.register_forward_hook(lambda m, args, out: layer_pos.append(args[1]))
     with torch.no_grad():
         model([make_input(96, 96, [], [])])
     content, ref_unsig = seen["args"][:2]
-    assert content.shape == (1, 20, 64) and ref_unsig.shape == (1, 20, 4)
+    query_pos = seen["kw"]["query_pos"]
+    assert content.shape == query_pos.shape == (1, 20, 64) and ref_unsig.shape == (1, 20, 4)
     with torch.no_grad():
-        expected = model.content_norm(
-            model.content_proj(box_sine_embedding(ref_unsig.sigmoid(), 32))
-        )
-    torch.testing.assert_close(content, expected)
+        emb = box_sine_embedding(ref_unsig.sigmoid(), 32)
+        both = model.proposal_embed.pos_trans_norm(model.proposal_embed.pos_trans(emb))
+    torch.testing.assert_close(query_pos, both[..., :64])
+    torch.testing.assert_close(content, both[..., 64:])
     assert not torch.allclose(content[0, 0], content[0, 1])
+    assert all(p is query_pos for p in layer_pos)
+
+
+def test_binary_proposals_over_all_tokens(build_tiny, make_input):
+    """Deformable DETR's proposals: one foreground logit per token, the top-k by it; the encoder
+    loss matches every token's proposal to the ground truth relabelled class 0."""
+    model = build_tiny()
+    assert model.binary_proposals and model.enc_class_embed.out_features == 1
+    batch = [make_input(64, 96, [[10, 12, 60, 50], [50, 30, 90, 60]], [3, 2])]
+    with torch.no_grad():
+        enc = model.encode(*model.extract_features(model.preprocess_image(batch)))
+        ref_unsig, interm = model.select_proposals(enc)
+    s = enc["memory"].shape[1]
+    assert interm["pred_logits"].shape == (1, s, 1) and interm["pred_boxes"].shape == (1, s, 4)
+    top = torch.topk(interm["pred_logits"][0, :, 0], 20).indices
+    torch.testing.assert_close(ref_unsig[0].sigmoid(), interm["pred_boxes"][0, top])
+
+    calls = []
+    model.criterion.matcher.register_forward_hook(lambda m, args, out: calls.append(args))
+    losses = model.train()(batch)
+    (enc_outputs, enc_targets), *_ = [c for c in calls if c[0]["pred_logits"].shape[1] == s]
+    assert enc_targets[0]["labels"].tolist() == [0, 0]
+    assert enc_outputs["pred_logits"].shape[-1] == 1 and torch.isfinite(losses["loss_class_enc"])
+    # DINO keeps its class-aware proposals, trained over the selected ones
+    dino = build_tiny("dino_r50")
+    assert not dino.binary_proposals and dino.enc_class_embed.out_features == 3
+
+
+def test_recipe_dropout_and_lr_multipliers_by_parameter_name(tiny_config):
+    """Dropout 0.1 everywhere (encoder, decoder, self-attention) and lr 2e-4 with x0.1 on the
+    sampling offsets and the backbone, as Deformable DETR's release."""
+    path = os.path.join(
+        ROOT, "projects/lite_deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py"
+    )
+    for name in ("deformable_detr_r50", "lite_deformable_detr_r50"):
+        cfg = LazyConfig.load(path)
+        cfg.model = tiny_config(name).model
+        model = instantiate(cfg.model)
+        drops = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        attentions = tuple(ATTENTION_TYPES.values())
+        inner = {m.dropout.p for m in model.modules() if isinstance(m, attentions)}
+        assert drops == {0.0, 0.1} and inner == {0.0}  # 0: inside the deformable attentions
+        assert {
+            m.dropout for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)
+        } == {0.1}
+        cfg.optimizer.params.model = model
+        groups = instantiate(cfg.optimizer.params)
+        lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+        named = dict(model.named_parameters())
+        offsets = [n for n in named if "sampling_offsets" in n]
+        assert any(n.startswith("encoder.") for n in offsets)
+        assert any(n.startswith("decoder.") for n in offsets)
+        for n, p in named.items():
+            if not p.requires_grad:
+                continue
+            expected = 2e-5 if "sampling_offsets" in n or n.startswith("backbone.") else 2e-4
+            assert lr[id(p)] == pytest.approx(expected), n
+    with pytest.raises(ValueError, match="reference_point.*match no parameter"):
+        get_detr_optimizer_params(model, 2e-4, 1e-4, lr_multipliers={"reference_point": 0.1})
 
 
 def test_bad_config_raises_clear_error(build_tiny, make_input):
-    with pytest.raises(ValueError, match="num_queries"):
+    with pytest.raises(ValueError, match="500 queries exceed"):
         build_tiny(overrides=["model.num_queries=500"]).eval()([make_input(32, 32, [], [])])
+    with pytest.raises(ValueError, match="positional_queries=input"):
+        build_tiny(overrides=["model.decoder.positional_queries=reference_boxes"])
     with pytest.raises(ValueError, match="embed_dim"):
         build_tiny(overrides=["model.position_embedding.num_pos_feats=16"])
 
@@ -153,7 +230,11 @@ def test_experiment_configs_match_their_names(path):
     epochs = int(re.search(r"_(\d+)ep$", name).group(1))
     assert cfg.train.max_iter == epochs * 7500 and cfg.dataloader.train.total_batch_size == 16
     assert cfg.optimizer.lr == 2e-4 and cfg.model.num_queries == 300
+    assert dict(cfg.optimizer.params.lr_multipliers) == {"sampling_offsets": 0.1}
     assert cfg.model.encoder.feedforward_dim == cfg.model.decoder.feedforward_dim == 1024
+    assert cfg.model.encoder.dropout == cfg.model.decoder.dropout == 0.1
+    assert cfg.model.decoder.positional_queries == "input" and not cfg.model.decoder.final_norm
+    assert cfg.model.binary_proposals and cfg.model.select_box_nums_for_evaluation == 100
     m = re.search(r"_h(\d)l(\d)_a(\d)b(\d)_", name)
     enc = cfg.model.encoder
     if m is None:
@@ -162,5 +243,32 @@ def test_experiment_configs_match_their_names(path):
     else:
         h, low, a, b = map(int, m.groups())
         assert cfg.model._target_ is LiteDeformableDETR and enc.attention == "key_aware"
+        assert cfg.model.decoder.cross_attention == "key_aware"
         assert (enc.num_high_levels, 4 - enc.num_high_levels) == (h, low)
         assert (enc.num_high_updates, enc.num_blocks) == (a, b) and a * b == 6
+
+
+@pytest.mark.parametrize(
+    "base,lite",
+    [
+        ("lite_deformable_detr/configs/models/deformable_detr_r50.py", "lite_deformable_detr_r50"),
+        ("lite_h_detr/configs/models/h_detr_r50.py", "lite_h_detr_r50"),
+        ("lite_dino/configs/models/dino_r50.py", "lite_dino_r50"),
+    ],
+)
+def test_lite_models_differ_from_their_baseline_in_the_encoder_only(base, lite):
+    """Besides the encoder, only the detector class and the decoder's attention type (KDA)."""
+    from omegaconf import OmegaConf
+
+    models = []
+    for path in (base, os.path.join(os.path.dirname(base), lite + ".py")):
+        d = OmegaConf.to_container(LazyConfig.load(os.path.join(ROOT, "projects", path)).model)
+        models.append(d)
+    baseline, lite_model = models
+    assert baseline["decoder"].pop("cross_attention") == "deformable"
+    assert lite_model["decoder"].pop("cross_attention") == "key_aware"
+    assert lite_model["encoder"]["feedforward_dim"] == baseline["encoder"]["feedforward_dim"]
+    assert lite_model["encoder"]["dropout"] == baseline["encoder"]["dropout"]
+    for d in models:
+        del d["encoder"], d["_target_"]
+    assert lite_model == baseline

@@ -17,14 +17,6 @@ def test_registered_and_named_modules(build_tiny):
     assert "pixel_mean" not in model.state_dict()  # non-persistent
 
 
-def test_built_from_a_lazy_config(tiny_config):
-    """``@configurable``: the class called with a LazyConfig instantiates ``cfg.model``."""
-    model = LiteDINO(tiny_config())
-    assert model.num_queries == 20 and model.variant_tag.tags["encoder"] == "H3L1-(2+1)x3/key_aware"
-    with pytest.raises(TypeError, match="LazyConfig"):
-        LiteDINO.from_config({"MODEL": {}})
-
-
 def test_train_and_eval_on_images_of_different_sizes(build_tiny, make_input):
     model = build_tiny()
     batch = [
@@ -70,16 +62,21 @@ def test_images_without_ground_truth(build_tiny, make_input):
 def test_deformable_baseline_and_kda_off_overrides(build_tiny, make_input):
     dino = build_tiny("dino_r50")
     assert type(dino) is DINO and dino.variant_tag.tags["encoder"] == "deformable6/deformable"
-    kda_off = build_tiny(overrides=["model.encoder.attention=deformable"])
-    assert kda_off.variant_tag.tags == {
+    # the decoder's attention is its own choice: swapping the encoder's leaves it as it is
+    encoder_off = build_tiny(overrides=["model.encoder.attention=deformable"])
+    assert encoder_off.variant_tag.tags == {
         "encoder": "H3L1-(2+1)x3/deformable",
-        "decoder": "deformable",
+        "decoder": "key_aware",
     }
+    kda_off = build_tiny(
+        overrides=["model.encoder.attention=deformable", "model.decoder.cross_attention=deformable"]
+    )
+    assert kda_off.variant_tag.tags["decoder"] == "deformable"
     assert not any("query_proj" in n for n, _ in kda_off.named_parameters())
     swapped = build_tiny(
         overrides=["model.encoder=${baseline_encoder}", "baseline_encoder.feedforward_dim=128"]
     )
-    assert swapped.variant_tag.tags["encoder"] == "deformable6/deformable"
+    assert swapped.variant_tag.tags == {"encoder": "deformable6/deformable", "decoder": "key_aware"}
     swapped.eval()
     with torch.no_grad():
         assert len(swapped([make_input(64, 64, [], [])])[0]["instances"]) > 0
@@ -94,7 +91,7 @@ def test_bad_inputs_raise_clear_errors(build_tiny, make_input):
         model([{"image": torch.zeros(3, 64, 64)}])
     with pytest.raises(ValueError, match="gt_classes"):
         model([make_input(64, 64, [[1, 1, 20, 20]], [7])])
-    with pytest.raises(ValueError, match="num_queries"):
+    with pytest.raises(ValueError, match="500 queries exceed"):
         build_tiny(overrides=["model.num_queries=500"]).eval()([make_input(32, 32, [], [])])
     with pytest.raises(ValueError, match="embed_dim"):
         build_tiny(overrides=["model.position_embedding.num_pos_feats=16"])

@@ -8,7 +8,7 @@ from detectron2.config import LazyConfig
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from lite_detr.modeling import InterleavedEncoder
-from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR
+from lite_detr.modeling.meta_arch import DeformableDETR, TwoStageDeformableDETR
 from lite_detr.modeling.meta_arch.h_detr import (
     HDETR,
     LiteHDETR,
@@ -76,9 +76,16 @@ def test_registered_and_query_counts(build_tiny):
     assert META_ARCH_REGISTRY.get("HDETR") is HDETR
     assert META_ARCH_REGISTRY.get("LiteHDETR") is LiteHDETR
     model = build_tiny()
-    assert type(model) is HDETR and isinstance(model, DeformableDETR)
-    assert model.num_queries_one2one == 20 and model.num_queries_one2many == 40
-    assert model.train().num_queries == 60 and model.eval().num_queries == 20
+    assert type(model) is HDETR and isinstance(model, TwoStageDeformableDETR)
+    assert not isinstance(model, DeformableDETR)  # a sibling on the shared base
+    # num_queries is the one-to-one group, in training and at inference alike
+    assert model.num_queries == 20 and model.num_queries_one2many == 40
+    assert model.train().num_queries == 20 and model.eval().num_queries == 20
+    # mixed query selection: learned content queries for both groups; decoder with
+    # look-forward-twice, positional queries from the proposals, no final norm
+    assert model.tgt_embed.weight.shape == (60, 64)
+    assert model.decoder.look_forward_twice and model.decoder.norm is None
+    assert model.decoder.positional_queries == "input" and model.binary_proposals
     lite = build_tiny("lite_h_detr_r50")
     assert type(lite) is LiteHDETR and isinstance(lite.encoder, InterleavedEncoder)
     assert lite.variant_tag.tags == {"encoder": "H3L1-(2+1)x1/key_aware", "decoder": "key_aware"}
@@ -115,18 +122,18 @@ def test_one2many_branch_in_training_only(name, build_tiny, batch):
         torch.testing.assert_close(train_out[:, :, :20].detach(), eval_out, atol=1e-4, rtol=1e-4)
 
 
-def test_inference_is_deformable_detr(build_tiny, batch):
-    """At inference H-DETR is the Deformable DETR with the same weights: same detections."""
-    h_detr = build_tiny().eval()
-    deformable = build_tiny("deformable_detr_r50", seed=1).eval()
-    deformable.load_state_dict(h_detr.state_dict())  # same parameters, no one-to-many weights
-    with torch.no_grad():
-        ours, theirs = h_detr(batch), deformable(batch)
-    for a, b in zip(ours, theirs):
-        torch.testing.assert_close(a["instances"].scores, b["instances"].scores)
-        torch.testing.assert_close(
-            a["instances"].pred_boxes.tensor, b["instances"].pred_boxes.tensor
-        )
+def test_top_k_at_test_and_learned_content_of_the_one2one_group(build_tiny, batch):
+    """Inference keeps the top select_box_nums_for_evaluation (query, class) pairs of the Q1
+    one-to-one queries, whose content is the first Q1 rows of tgt_embed."""
+    for k in (7, 30):
+        model = build_tiny(overrides=[f"model.select_box_nums_for_evaluation={k}"]).eval()
+        calls = decoder_calls(model)
+        with torch.no_grad():
+            results = model(batch)
+        assert [len(r["instances"]) for r in results] == [k, k]
+        scores = results[0]["instances"].scores
+        assert torch.equal(scores, scores.sort(descending=True).values)
+    torch.testing.assert_close(calls[-1]["query"][0], model.tgt_embed.weight[:20])
 
 
 def test_one2many_loss_weight_and_images_without_objects(build_tiny, make_input):
@@ -143,14 +150,14 @@ def test_one2many_loss_weight_and_images_without_objects(build_tiny, make_input)
 
 
 def test_bad_config_raises_clear_errors(build_tiny, make_input):
-    with pytest.raises(ValueError, match="denoising"):
-        HDETR(denoising=torch.nn.Identity())
+    with pytest.raises(TypeError, match="denoising"):
+        build_tiny(overrides=["+model.denoising=null"])
     with pytest.raises(ValueError, match="num_queries_one2many"):
         build_tiny(overrides=["model.num_queries_one2many=-1"])
     with pytest.raises(ValueError, match="one2many_repeats"):
         build_tiny(overrides=["model.one2many_repeats=0"])
     # 20 + 40 queries need 60 encoder tokens: a 32x32 image has 16 + 4 + 1 + 1
-    with pytest.raises(ValueError, match="num_queries=60"):
+    with pytest.raises(ValueError, match="60 queries exceed"):
         build_tiny().train()([make_input(32, 32, [[1, 1, 20, 20]], [0])])
 
 
@@ -195,8 +202,26 @@ def test_experiment_configs_match_their_names(path):
     assert (model.num_queries, model.num_queries_one2many, model.one2many_repeats) == (300, 1500, 6)
     lite = name.startswith("lite_h_detr_r50_h3l1_a2b3_")
     assert model._target_ is (LiteHDETR if lite else HDETR)
-    assert model.encoder.feedforward_dim == 1024
+    # H-DETR's R50 36-epoch recipe; the Lite version differs in the encoder (and KDA) only
+    assert model.encoder.feedforward_dim == model.decoder.feedforward_dim == 2048
+    assert model.encoder.dropout == model.decoder.dropout == 0.0
+    assert model.decoder.look_forward_twice and model.select_box_nums_for_evaluation == 300
+    assert dict(cfg.optimizer.params.lr_multipliers) == {"sampling_offsets": 0.1}
     if lite:
         enc = model.encoder
         assert (enc.num_high_levels, enc.num_high_updates, enc.num_blocks) == (3, 2, 3)
         assert enc.attention == model.decoder.cross_attention == "key_aware"
+        base = LazyConfig.load(os.path.join(PROJECTS, "lite_h_detr/configs/models/h_detr_r50.py"))
+        assert _without(model, "encoder") == _without(base.model, "encoder")
+
+
+def _without(model_cfg, *keys):
+    """A model node as a plain dict without ``keys`` and its target, the decoder's attention
+    type left out (KDA in the Lite versions)."""
+    from omegaconf import OmegaConf
+
+    d = OmegaConf.to_container(model_cfg)
+    for k in keys + ("_target_",):
+        d.pop(k)
+    d["decoder"].pop("cross_attention")
+    return d

@@ -1,28 +1,96 @@
 """Two-stage Deformable DETR with iterative box refinement, ResNet-50: the baseline (plain 6-layer
 deformable encoder).
 
-DINO R50's model (``projects/lite_dino/configs/models/dino_r50.py``: same backbone, neck, encoder,
-decoder and criterion) with Deformable DETR's settings (Zhu et al., table 1, "++ two-stage"): FFN
-1024 in encoder and decoder, 300 queries from the encoder proposals (their content too, see
-:class:`DeformableDETR`), no denoising, no look-forward-twice, one box and class head per decoder
-layer, focal loss with class weight 2, top-100 detections at test, sine temperature 10000 with
-the -0.5 offset, boxes clamped to 1e-5 before their logit (Deformable DETR's release).
-Every knob is a dotted override, e.g. ``model.num_queries=100``.
+Deformable DETR's published recipe ("++ two-stage", Zhu et al., table 1, and its release):
+dropout 0.1 and FFN 1024 in encoder and decoder; binary foreground proposals ranked by their
+logit, their loss over all encoder tokens; 300 queries whose content and positional parts both
+come from the selected proposals (a 2C -> 2C projection + LayerNorm of their sine embedding,
+split C + C; the positional part is the same in every decoder layer); no final decoder
+LayerNorm; one class and box head per decoder layer; no denoising, no look-forward-twice; focal
+loss with class weight 2; top-100 detections at test; sine temperature 10000 with the -0.5
+offset; boxes clamped to 1e-5 before their logit. The optimizer (lr 2e-4, x0.1 on the sampling
+offsets) is in the experiment configs. Every knob is a dotted override, e.g.
+``model.num_queries=100``.
 """
 
-from lite_detr.modeling.meta_arch.deformable_detr import DeformableDETR
+from detectron2.config import LazyCall as L
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.backbone import BasicStem, ResNet
 
-from ....lite_dino.configs.models.dino_r50 import model
+from lite_detr.layers import PositionEmbeddingSine
+from lite_detr.modeling import (
+    DeformableDecoder,
+    DeformableEncoder,
+    HungarianMatcher,
+    MultiScaleNeck,
+    SetCriterion,
+    make_resnet_stages,
+)
+from lite_detr.modeling.meta_arch import DeformableDETR
 
-model._target_ = DeformableDETR
-model.position_embedding.temperature = 10000
-model.position_embedding.offset = -0.5
-model.decoder.inverse_sigmoid_eps = 1e-5
-model.encoder.feedforward_dim = 1024
-model.decoder.feedforward_dim = 1024
-model.decoder.look_forward_twice = False
-model.decoder.share_heads = False
-model.criterion.weight_dict.loss_class = 2.0
-model.denoising = None
-model.num_queries = 300
-model.select_box_nums_for_evaluation = 100
+model = L(DeformableDETR)(
+    backbone=L(ResNet)(
+        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
+        stages=L(make_resnet_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
+        out_features=["res3", "res4", "res5"],
+        freeze_at=2,  # stem and res2 frozen, as Deformable DETR (layer1 not trained)
+    ),
+    neck=L(MultiScaleNeck)(
+        input_shapes={
+            "res3": L(ShapeSpec)(channels=512, stride=8),
+            "res4": L(ShapeSpec)(channels=1024, stride=16),
+            "res5": L(ShapeSpec)(channels=2048, stride=32),
+        },
+        in_features=["res3", "res4", "res5"],
+        out_channels="${..embed_dim}",
+        num_outs="${..num_feature_levels}",
+        num_groups=32,
+    ),
+    position_embedding=L(PositionEmbeddingSine)(
+        num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5
+    ),
+    encoder=L(DeformableEncoder)(
+        num_layers=6,
+        embed_dim="${..embed_dim}",
+        num_heads=8,
+        num_levels="${..num_feature_levels}",
+        num_points=4,
+        feedforward_dim=1024,
+        dropout=0.1,
+        attention="deformable",
+        attention_dropout=0.0,
+    ),
+    decoder=L(DeformableDecoder)(
+        num_classes="${..num_classes}",
+        num_layers=6,
+        embed_dim="${..embed_dim}",
+        num_heads=8,
+        num_levels="${..num_feature_levels}",
+        num_points=4,
+        feedforward_dim=1024,
+        dropout=0.1,
+        cross_attention="deformable",
+        attention_dropout=0.0,
+        separate_key_proj=False,
+        look_forward_twice=False,
+        share_heads=False,
+        inverse_sigmoid_eps=1e-5,
+        positional_queries="input",  # from the proposals (DeformableDETR.position_queries)
+        final_norm=False,
+    ),
+    criterion=L(SetCriterion)(
+        num_classes="${..num_classes}",
+        matcher=L(HungarianMatcher)(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0),
+        weight_dict={"loss_class": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+        focal_alpha=0.25,
+        focal_gamma=2.0,
+    ),
+    num_classes=80,
+    embed_dim=256,
+    num_queries=300,
+    num_feature_levels=4,
+    binary_proposals=True,
+    select_box_nums_for_evaluation=100,
+    pixel_mean=[123.675, 116.280, 103.530],
+    pixel_std=[58.395, 57.120, 57.375],
+)

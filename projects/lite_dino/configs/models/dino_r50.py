@@ -54,6 +54,7 @@ model = L(DINO)(
         feedforward_dim=2048,
         dropout=0.0,
         attention="deformable",
+        attention_dropout=0.0,
     ),
     decoder=L(DeformableDecoder)(
         num_classes="${..num_classes}",
@@ -64,10 +65,14 @@ model = L(DINO)(
         num_points=4,
         feedforward_dim=2048,
         dropout=0.0,
-        # follows the encoder: one override (model.encoder.attention=...) switches KDA everywhere
-        cross_attention="${..encoder.attention}",
+        # an explicit choice, not the encoder's: swapping the encoder leaves the decoder as it is
+        cross_attention="deformable",
+        attention_dropout=0.0,
+        separate_key_proj=False,
         look_forward_twice=True,
         share_heads=True,
+        positional_queries="reference_boxes",  # DINO's: an MLP of each layer's boxes
+        final_norm=True,
         inverse_sigmoid_eps=1e-3,  # as the released DINO / Lite-DINO
     ),
     criterion=L(SetCriterion)(
@@ -88,6 +93,7 @@ model = L(DINO)(
     embed_dim=256,
     num_queries=900,
     num_feature_levels=4,
+    binary_proposals=False,  # class-aware proposals, their loss over the top-900
     select_box_nums_for_evaluation=300,
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],

@@ -1,8 +1,9 @@
 // CPU kernels of lite_detr::ms_deform_attn (Deformable DETR, Zhu et al. 2021, eq. 3).
 //
 // Forward: parallel over (n, q); per head, a channel-contiguous accumulation of the weighted
-// corners. Backward: parallel over (n, m) heads, so the scatter into grad_value[n, :, m, :] has a
-// single writer and runs in a fixed order: gradients are bitwise reproducible run to run.
+// corners. Backward: parallel over (n, m, l) slices of value, so the scatter into each slice of
+// grad_value has a single writer and runs in query order: gradients are bitwise reproducible run
+// to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -21,11 +22,9 @@
 namespace lite_detr {
 namespace {
 
-using cpu::axpy;
 using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dense_slice;
-using cpu::dot;
 using cpu::dot_axpy;
 using cpu::prefetch;
 using cpu::prefetch_corners;

@@ -9,8 +9,10 @@
 //   ds_j = a_j (g.v_j - g.out),  grad_q = sum_j ds_j k_j / sqrt(D),
 //   grad_k_j = ds_j q / sqrt(D),  grad_v_j = a_j g  (both scattered bilinearly),
 //   grad_loc_j = sum over corners of dw/dxy * (grad_v_j . V_c + grad_k_j . K_c).
-// It runs parallel over (n, m) heads: single writer per grad_value / grad_key slice, fixed order,
-// bitwise reproducible.
+// Pass 1, parallel over (n, q), reads only: the dot products g.V_c and q.K_c of every corner give
+// ds_j, grad_loc and grad_q. Pass 2, parallel over (n, m, l) slices, scatters grad_v_j and
+// grad_k_j: one writer per grad_value / grad_key slice, query order, so the gradients are
+// bitwise reproducible run to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -35,7 +37,6 @@ using cpu::combine4;
 using cpu::corner_rows;
 using cpu::dense_slice;
 using cpu::dot;
-using cpu::dot_axpy;
 using cpu::prefetch;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;

@@ -297,9 +297,9 @@ def test_deterministic(op, with_key):
 # buffer when its points touch its tokens several times over: "dense" has many queries on small
 # maps, "sparse" few queries on a large map (a decoder's case), "mixed" both in one call.
 SLICE_REGIMES = {
-    "dense": dict(shapes=((8, 9), (4, 5)), Lq=60),
-    "sparse": dict(shapes=((40, 50), (10, 12)), Lq=3),
-    "mixed": dict(shapes=((30, 30), (2, 3)), Lq=12),
+    "dense": {"shapes": ((8, 9), (4, 5)), "Lq": 60},
+    "sparse": {"shapes": ((40, 50), (10, 12)), "Lq": 3},
+    "mixed": {"shapes": ((30, 30), (2, 3)), "Lq": 12},
 }
 
 

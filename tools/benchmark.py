@@ -5,9 +5,13 @@ Speed of a LazyConfig model: inference latency, training iteration time, data-lo
     python tools/benchmark.py --config-file CONFIG --tasks inference --input-size 800 1333
     python tools/benchmark.py --config-file CONFIG --device cuda --tasks inference train data
 
-Latency is measured after ``--warmup`` runs over ``--iters`` runs: median and spread (p10-p90),
-FPS = 1 / median, and the peak memory (CUDA: max allocated; CPU: peak resident set size of the
-process). Training uses batches of ``dataloader.train.total_batch_size`` images.
+Latency is measured after ``--warmup`` runs over ``--iters`` runs: median and spread (p10-p90,
+min-max), FPS = 1 / median, and the peak memory (CUDA: max allocated; CPU: peak resident set size
+of the process). Training uses batches of ``dataloader.train.total_batch_size`` images.
+
+Times on a busy machine can be several times the idle ones, so the tool warns when the load
+average before a task exceeds half the cores, or when its runs spread by more than 20% of their
+median; the warnings are also returned with the task's statistics.
 """
 
 import argparse
@@ -46,23 +50,62 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _timeit(fn, warmup: int, iters: int, device: str, desc: str) -> Dict[str, float]:
+# a task's numbers are flagged when the machine was this busy before it, or its runs this uneven
+LOAD_PER_CORE = 0.5  # 1-minute load average per core
+MAX_SPREAD = 0.2  # (max - min) / median of the timed runs
+
+
+def read_load() -> tuple[float, int]:
+    """1-minute load average and the number of cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return os.getloadavg()[0], cores or 1
+
+
+def load_warnings(load: float, cores: int, stats: Dict[str, float]) -> list[str]:
+    """Why the timings in ``stats`` may not be the machine's own: a busy machine, uneven runs."""
+    found = []
+    if load > LOAD_PER_CORE * cores:
+        found.append(
+            f"the machine was busy: load average {load:.2f} on {cores} cores before the runs; "
+            "times may be several times the idle ones, rerun on an idle machine"
+        )
+    if stats["spread"] > MAX_SPREAD:
+        found.append(
+            f"the runs spread by {100 * stats['spread']:.0f}% of their median "
+            f"(min {stats['min_s'] * 1e3:.1f} ms, max {stats['max_s'] * 1e3:.1f} ms): "
+            "something else ran meanwhile; rerun, or raise --iters"
+        )
+    return found
+
+
+def _timeit(fn, warmup: int, iters: int, device: str, desc: str, clock=time.perf_counter) -> Dict:
+    load, cores = read_load()
     for _ in range(warmup):
         fn()
     times = []
     for _ in tqdm(range(iters), desc=desc, leave=False):
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t)
+        times.append(clock() - t)
     t = np.array(times)
-    return {
-        "median_s": float(np.median(t)),
+    median = float(np.median(t))
+    stats = {
+        "median_s": median,
         "p10_s": float(np.percentile(t, 10)),
         "p90_s": float(np.percentile(t, 90)),
+        "min_s": float(t.min()),
+        "max_s": float(t.max()),
+        "spread": float((t.max() - t.min()) / median) if median > 0 else 0.0,
         "runs": len(t),
+        "load_average": load,
+        "cores": cores,
     }
+    stats["warnings"] = load_warnings(load, cores, stats)
+    for w in stats["warnings"]:
+        logger.warning(f"{desc}: {w}")
+    return stats
 
 
 def _fake_instances(h: int, w: int, num: int = 5) -> Instances:
@@ -100,7 +143,9 @@ def benchmark(
         h, w = inputs[0]["image"].shape[-2:]
         logger.info(
             f"inference {h}x{w} on {device}: median {stats['median_s'] * 1e3:.1f} ms "
-            f"(p10 {stats['p10_s'] * 1e3:.1f}, p90 {stats['p90_s'] * 1e3:.1f}), "
+            f"(p10 {stats['p10_s'] * 1e3:.1f}, p90 {stats['p90_s'] * 1e3:.1f}, "
+            f"min {stats['min_s'] * 1e3:.1f}, max {stats['max_s'] * 1e3:.1f}, "
+            f"spread {100 * stats['spread']:.0f}%), "
             f"{stats['fps']:.2f} FPS, peak memory {stats['peak_memory_mb']:.0f} MB"
         )
     if "train" in tasks:
@@ -130,7 +175,9 @@ def benchmark(
         logger.info(
             f"training iteration (batch {batch_size}) on {device}: median "
             f"{stats['median_s'] * 1e3:.1f} ms (p10 {stats['p10_s'] * 1e3:.1f}, "
-            f"p90 {stats['p90_s'] * 1e3:.1f}), peak memory {stats['peak_memory_mb']:.0f} MB"
+            f"p90 {stats['p90_s'] * 1e3:.1f}, min {stats['min_s'] * 1e3:.1f}, "
+            f"max {stats['max_s'] * 1e3:.1f}, spread {100 * stats['spread']:.0f}%), "
+            f"peak memory {stats['peak_memory_mb']:.0f} MB"
         )
     if "data" in tasks:
         loader = iter(instantiate(cfg.dataloader.train))

@@ -2,7 +2,9 @@
 // (BilinearPoint, bilinear_setup, level_at) are shared with the CUDA kernels in sampling.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "sampling.h"
 
@@ -41,15 +43,59 @@ inline void prefetch_rows(const src_t* const rows[4], int64_t bytes) {
   }
 }
 
-// Prefetches the inside corners of `b`: rows of `level` to read, rows of `grad_level` to update.
-template <typename acc_t, typename src_t, typename grad_t>
-inline void prefetch_corners(const BilinearPoint<acc_t>& b, const src_t* level,
-                             const grad_t* grad_level, int64_t row, int64_t D) {
+// Prefetches the rows of the inside corners of `b` in `level` (tokens `row` apart): rows to read,
+// or with kWrite rows to update.
+template <bool kWrite = false, typename acc_t, typename t>
+inline void prefetch_corners(const BilinearPoint<acc_t>& b, const t* level, int64_t row,
+                             int64_t D) {
   for (int c = 0; c < 4; ++c) {
     if (b.token[c] >= 0) {
-      prefetch(level + b.token[c] * row, D * sizeof(src_t));
-      prefetch<true>(grad_level + b.token[c] * row, D * sizeof(grad_t));
+      prefetch<kWrite>(level + b.token[c] * row, D * sizeof(t));
     }
+  }
+}
+
+// One head's slice of a level (tokens x D), held densely: the backward copies the slice of value
+// in, scatters its gradient into another, and copies that out to its strided place in
+// grad_value. Rows of one head lie M * D apart in value, a power of two: they crowd a few cache
+// sets, and the gathers and scatters of a dense slice hit the cache far more often.
+template <typename T>
+class SliceBuffer {
+ public:
+  // Zeroes and returns the buffer for `tokens` rows of `D` channels.
+  T* reset(int64_t tokens, int64_t D) {
+    data_.assign(tokens * D, T(0));
+    return data_.data();
+  }
+  // Fills the buffer with `tokens` rows of `D` channels read at src + t * row; returns it.
+  const T* load(const T* src, int64_t tokens, int64_t row, int64_t D) {
+    data_.resize(tokens * D);
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy(src + t * row, src + t * row + D, data_.data() + t * D);
+    }
+    return data_.data();
+  }
+  // Writes row t of the buffer to dst + t * row, for every row.
+  void copy_to(T* dst, int64_t row, int64_t D) const {
+    const int64_t tokens = static_cast<int64_t>(data_.size()) / D;
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy(data_.data() + t * D, data_.data() + (t + 1) * D, dst + t * row);
+    }
+  }
+
+ private:
+  std::vector<T> data_;
+};
+
+// Whether a slice of `tokens` tokens that `points` sampling points touch is worth a dense copy:
+// when its rows are used several times over (each point reads four corners).
+inline bool dense_slice(int64_t points, int64_t tokens) { return 4 * points >= 2 * tokens; }
+
+// Zeroes `tokens` rows of `D` channels at dst + t * row.
+template <typename T>
+inline void zero_rows(T* dst, int64_t tokens, int64_t row, int64_t D) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::fill(dst + t * row, dst + t * row + D, T(0));
   }
 }
 

@@ -1,8 +1,9 @@
 // CPU kernels of lite_detr::ms_deform_attn (Deformable DETR, Zhu et al. 2021, eq. 3).
 //
 // Forward: parallel over (n, q); per head, a channel-contiguous accumulation of the weighted
-// corners. Backward: parallel over (n, m) heads, so the scatter into grad_value[n, :, m, :] has a
-// single writer and runs in a fixed order: gradients are bitwise reproducible run to run.
+// corners. Backward: parallel over (n, m, l) slices of value, so the scatter into each slice of
+// grad_value has a single writer and runs in query order: gradients are bitwise reproducible run
+// to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -21,16 +22,19 @@
 namespace lite_detr {
 namespace {
 
-using cpu::axpy;
 using cpu::combine4;
 using cpu::corner_rows;
-using cpu::dot;
+using cpu::dense_slice;
 using cpu::dot_axpy;
+using cpu::prefetch;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
+using cpu::SliceBuffer;
+using cpu::zero_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
+constexpr int64_t kAhead = 8;  // queries between a prefetch and the use of its rows
 
 template <typename scalar_t>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
@@ -76,6 +80,11 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   });
 }
 
+// Backward: one task per (n, m, l) slice, since the points of level l only touch its tokens. The
+// task copies its slice of value into a dense buffer, sweeps the queries in order (grad_weights
+// and grad_loc of the level's points, and the scatter of a * w_c * grad_output into a dense
+// gradient slice), then writes the slice into grad_value. Each slice has one writer and sums in
+// query order, whatever the thread count: bitwise reproducible, with N * M * L parallel tasks.
 template <typename scalar_t>
 void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes,
                      const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
@@ -84,59 +93,72 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
                      int64_t L, int64_t P) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t row = M * D;
-  at::parallel_for(0, N * M, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, N * M * L, 1, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
     std::vector<acc_t> g(D);
-    std::vector<BilinearPoint<acc_t>> points(LP);
-    std::vector<char> valid(LP);
-    for (int64_t nm = begin; nm < end; ++nm) {
-      const int64_t n = nm / M, m = nm % M;
+    std::vector<BilinearPoint<acc_t>> points(P);
+    std::vector<char> valid(P);
+    SliceBuffer<scalar_t> value_slice;
+    SliceBuffer<acc_t> grad_slice;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (M * L), m = task / L % M, l = task % L;
+      const Level lv = level_at(shapes, starts, l, S);
+      const int64_t offset = ((n * S + lv.start) * M + m) * D;
+      // dense slices pay off when the points touch most tokens (encoders); a sparse slice (the
+      // decoder's queries) is read and zeroed in place, which adds the same sums in the same order
+      const int64_t tokens = lv.H * lv.W;
+      const bool dense = dense_slice(Lq * P, tokens);
+      const int64_t stride = dense ? D : row;  // between the tokens of v and grad_v
+      const scalar_t* v = dense ? value_slice.load(value + offset, tokens, row, D) : value + offset;
+      acc_t* grad_v = dense ? grad_slice.reset(tokens, D) : grad_value + offset;
+      if (!dense) {
+        zero_rows(grad_v, tokens, row, D);
+      }
       for (int64_t q = 0; q < Lq; ++q) {
         const int64_t qm = (n * Lq + q) * M + m;
+        if (q + kAhead < Lq) {  // this slice reads one row in M * D of grad_output: prefetch it
+          const int64_t ahead = qm + kAhead * M, i = ahead * LP + l * P;
+          prefetch(grad_out + ahead * D, D * sizeof(scalar_t));
+          prefetch(locations + 2 * i, 2 * P * sizeof(scalar_t));
+          prefetch(weights + i, P * sizeof(scalar_t));
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t i = qm * LP + l * P + p;
+          valid[p] =
+              bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, points[p]);
+          if (valid[p]) {
+            prefetch_corners(points[p], v, stride, D);
+            prefetch_corners<true>(points[p], grad_v, stride, D);
+          }
+        }
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
         }
-        // corners of every point first, with prefetches, so the memory accesses below overlap
-        for (int64_t l = 0; l < L; ++l) {
-          const Level lv = level_at(shapes, starts, l, S);
-          const int64_t H = lv.H, W = lv.W;
-          const int64_t offset = ((n * S + lv.start) * M + m) * D;
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t j = l * P + p, i = qm * LP + j;
-            valid[j] =
-                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, points[j]);
-            if (valid[j]) {
-              prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
-            }
+        for (int64_t p = 0; p < P; ++p) {
+          if (!valid[p]) {
+            continue;  // outputs start at zero
           }
-        }
-        for (int64_t l = 0; l < L; ++l) {
-          const Level lv = level_at(shapes, starts, l, S);
-          const int64_t H = lv.H, W = lv.W;
-          const int64_t offset = ((n * S + lv.start) * M + m) * D;
-          for (int64_t p = 0; p < P; ++p) {
-            const int64_t j = l * P + p, i = qm * LP + j;
-            if (!valid[j]) {
-              continue;  // outputs start at zero
+          const int64_t i = qm * LP + l * P + p;
+          const BilinearPoint<acc_t>& b = points[p];
+          const acc_t a = weights[i];
+          acc_t g_weight = 0, g_x = 0, g_y = 0;
+          for (int c = 0; c < 4; ++c) {
+            if (b.token[c] < 0) {
+              continue;
             }
-            const BilinearPoint<acc_t>& b = points[j];
-            const acc_t a = weights[i];
-            acc_t g_weight = 0, g_x = 0, g_y = 0;
-            for (int c = 0; c < 4; ++c) {
-              if (b.token[c] < 0) {
-                continue;
-              }
-              const int64_t t = offset + b.token[c] * row;
-              const acc_t g_dot_v = dot_axpy(value + t, grad_value + t, g.data(), a * b.w[c], D);
-              g_weight += b.w[c] * g_dot_v;
-              g_x += b.dw_dx[c] * g_dot_v;
-              g_y += b.dw_dy[c] * g_dot_v;
-            }
-            grad_weights[i] = static_cast<scalar_t>(g_weight);
-            grad_loc[2 * i] = static_cast<scalar_t>(a * g_x * static_cast<acc_t>(W));
-            grad_loc[2 * i + 1] = static_cast<scalar_t>(a * g_y * static_cast<acc_t>(H));
+            const int64_t t = b.token[c] * stride;
+            const acc_t g_dot_v = dot_axpy(v + t, grad_v + t, g.data(), a * b.w[c], D);
+            g_weight += b.w[c] * g_dot_v;
+            g_x += b.dw_dx[c] * g_dot_v;
+            g_y += b.dw_dy[c] * g_dot_v;
           }
+          grad_weights[i] = static_cast<scalar_t>(g_weight);
+          grad_loc[2 * i] = static_cast<scalar_t>(a * g_x * static_cast<acc_t>(lv.W));
+          grad_loc[2 * i + 1] = static_cast<scalar_t>(a * g_y * static_cast<acc_t>(lv.H));
         }
+      }
+      if (dense) {
+        grad_slice.copy_to(grad_value + offset, row, D);
       }
     }
   });
@@ -176,7 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const int64_t P = sampling_locations.size(4);
   // grad_value accumulates in the op-math type (float for half / bfloat16)
   const auto acc_type = attn_dtype(value.scalar_type());
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  // every element is written by the scatter pass
+  auto grad_value = at::empty(value.sizes(), value.options().dtype(acc_type));
   auto grad_loc = at::zeros_like(sampling_locations);
   auto grad_weights = at::zeros_like(attention_weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {

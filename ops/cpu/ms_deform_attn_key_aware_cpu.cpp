@@ -9,8 +9,10 @@
 //   ds_j = a_j (g.v_j - g.out),  grad_q = sum_j ds_j k_j / sqrt(D),
 //   grad_k_j = ds_j q / sqrt(D),  grad_v_j = a_j g  (both scattered bilinearly),
 //   grad_loc_j = sum over corners of dw/dxy * (grad_v_j . V_c + grad_k_j . K_c).
-// It runs parallel over (n, m) heads: single writer per grad_value / grad_key slice, fixed order,
-// bitwise reproducible.
+// Pass 1, parallel over (n, q), reads only: the dot products g.V_c and q.K_c of every corner give
+// ds_j, grad_loc and grad_q. Pass 2, parallel over (n, m, l) slices, scatters grad_v_j and
+// grad_k_j: one writer per grad_value / grad_key slice, query order, so the gradients are
+// bitwise reproducible run to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -33,13 +35,17 @@ namespace {
 using cpu::axpy;
 using cpu::combine4;
 using cpu::corner_rows;
+using cpu::dense_slice;
 using cpu::dot;
-using cpu::dot_axpy;
+using cpu::prefetch;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
+using cpu::SliceBuffer;
+using cpu::zero_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
+constexpr int64_t kAhead = 8;  // queries between a prefetch and the use of its rows
 
 struct Sizes {
   int64_t N, S, M, D, Lq, L, P;
@@ -128,123 +134,199 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
   });
 }
 
+// Backward, pass 1 (reads only; parallel over (n, q) like the forward): the dot products of g and
+// q with the corner rows give g.v_j, ds_j, grad_loc and grad_q; ds_j is kept for pass 2.
 template <typename scalar_t>
-void backward_kernel(const scalar_t* grad_out, const scalar_t* query, const scalar_t* value,
-                     const scalar_t* key, const int64_t* shapes, const int64_t* starts,
-                     const scalar_t* locations, const at::opmath_type<scalar_t>* attn,
-                     scalar_t* grad_query, at::opmath_type<scalar_t>* grad_value,
-                     at::opmath_type<scalar_t>* grad_key, scalar_t* grad_loc, Sizes s) {
+void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const scalar_t* value,
+                          const scalar_t* key, const int64_t* shapes, const int64_t* starts,
+                          const scalar_t* locations, const at::opmath_type<scalar_t>* attn,
+                          scalar_t* grad_query, scalar_t* grad_loc, at::opmath_type<scalar_t>* ds,
+                          Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
+  const scalar_t* keys = key ? key : value;  // k == v when key is None
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
-  at::parallel_for(0, s.N * M, 1, [&](int64_t begin, int64_t end) {
-    // per-task buffers: the samples v_j (and k_j) of the L*P points, g.v_j, per-point gradients
-    std::vector<acc_t> g(D), q(D), v(LP * D), k(key ? LP * D : 0), g_dot_v(LP), grad_q(D);
-    std::vector<acc_t> grad_vj(D), grad_kj(key ? D : 0);
+  at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
+    // per-task buffers: g and q, the points, g.V_c and q.K_c of their corners, g.v_j
+    std::vector<acc_t> g(D), q(D), grad_q(D), g_dot_c(4 * LP), q_dot_c(4 * LP), g_dot_v(LP);
     std::vector<BilinearPoint<acc_t>> points(LP);
     std::vector<char> valid(LP);
     const std::vector<scalar_t> zeros(D, scalar_t(0));
-    for (int64_t nm = begin; nm < end; ++nm) {
-      const int64_t n = nm / M, m = nm % M;
-      for (int64_t iq = 0; iq < s.Lq; ++iq) {
-        const int64_t qm = (n * s.Lq + iq) * M + m;
+    for (int64_t nq = begin; nq < end; ++nq) {
+      const int64_t n = nq / s.Lq;
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t qm = nq * M + m;
         const acc_t* a = attn + qm * LP;
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
           q[d] = static_cast<acc_t>(query[qm * D + d]);
         }
-        // corners of every point first, with prefetches, so the memory accesses below overlap
+        // corners of every point first, with prefetches, so the reads below overlap
         for (int64_t l = 0; l < L; ++l) {
           const Level lv = level_at(shapes, starts, l, s.S);
-          const int64_t H = lv.H, W = lv.W;
           const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            valid[j] =
-                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], H, W, points[j]);
+            valid[j] = bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W,
+                                             points[j]);
             if (valid[j]) {
-              prefetch_corners(points[j], value + offset, grad_value + offset, row, D);
+              prefetch_corners(points[j], value + offset, row, D);
               if (key) {
-                prefetch_corners(points[j], key + offset, grad_key + offset, row, D);
+                prefetch_corners(points[j], key + offset, row, D);
               }
             }
           }
         }
-        // pass 1: samples and g.v_j; g.out = sum_j a_j g.v_j
+        // g.V_c and q.K_c of every corner; g.v_j = sum_c w_c g.V_c; g.out = sum_j a_j g.v_j
         acc_t g_dot_out = 0;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t offset = ((n * s.S + level_at(shapes, starts, l, s.S).start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p;
-            acc_t* vj = v.data() + j * D;
+            const BilinearPoint<acc_t>& b = points[j];
+            g_dot_v[j] = 0;
             if (!valid[j]) {
-              std::fill(vj, vj + D, acc_t(0));
-              if (key) {
-                std::fill(k.data() + j * D, k.data() + (j + 1) * D, acc_t(0));
-              }
-              g_dot_v[j] = 0;
-              continue;
+              continue;  // v_j = 0
             }
-            gather(vj, value + offset, points[j], row, zeros.data(), D);
-            if (key) {
-              gather(k.data() + j * D, key + offset, points[j], row, zeros.data(), D);
+            for (int c = 0; c < 4; ++c) {
+              const bool inside = b.token[c] >= 0;
+              const int64_t t = offset + (inside ? b.token[c] : 0) * row;
+              g_dot_c[4 * j + c] = inside ? dot(value + t, g.data(), D) : acc_t(0);
+              q_dot_c[4 * j + c] = inside ? dot(keys + t, q.data(), D) : acc_t(0);
+              g_dot_v[j] += b.w[c] * g_dot_c[4 * j + c];
             }
-            g_dot_v[j] = dot(vj, g.data(), D);
             g_dot_out += a[j] * g_dot_v[j];
           }
         }
-        // pass 2: logit gradients ds_j, grad_q, scatter into grad_value / grad_key, grad_loc
+        // ds_j, grad_loc, grad_q = scale * sum_j ds_j k_j
         std::fill(grad_q.begin(), grad_q.end(), acc_t(0));
         for (int64_t l = 0; l < L; ++l) {
           const Level lv = level_at(shapes, starts, l, s.S);
-          const int64_t H = lv.H, W = lv.W;
           const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
+            const acc_t ds_j = a[j] * (g_dot_v[j] - g_dot_out);
+            ds[qm * LP + j] = ds_j;
             if (!valid[j]) {
               continue;  // k_j = 0: no grad_q term; grad_loc stays zero
             }
-            const acc_t ds = a[j] * (g_dot_v[j] - g_dot_out);
             const BilinearPoint<acc_t>& b = points[j];
             acc_t g_x = 0, g_y = 0;
-            if (key) {
-              axpy(grad_q.data(), k.data() + j * D, ds, D);
-              for (int64_t d = 0; d < D; ++d) {
-                grad_vj[d] = a[j] * g[d];
-                grad_kj[d] = ds * scale * q[d];
-              }
-              for (int c = 0; c < 4; ++c) {
-                if (b.token[c] < 0) {
-                  continue;
-                }
-                const int64_t t = offset + b.token[c] * row;
-                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D) +
-                                 dot_axpy(key + t, grad_key + t, grad_kj.data(), b.w[c], D);
-                g_x += b.dw_dx[c] * dv;
-                g_y += b.dw_dy[c] * dv;
-              }
-            } else {
-              axpy(grad_q.data(), v.data() + j * D, ds, D);
-              // k == v: one combined gradient for the shared sample
-              for (int64_t d = 0; d < D; ++d) {
-                grad_vj[d] = a[j] * g[d] + ds * scale * q[d];
-              }
-              for (int c = 0; c < 4; ++c) {
-                if (b.token[c] < 0) {
-                  continue;
-                }
-                const int64_t t = offset + b.token[c] * row;
-                const acc_t dv = dot_axpy(value + t, grad_value + t, grad_vj.data(), b.w[c], D);
-                g_x += b.dw_dx[c] * dv;
-                g_y += b.dw_dy[c] * dv;
-              }
+            for (int c = 0; c < 4; ++c) {
+              // d out / d corner sample: a_j g . V_c + ds_j scale q . K_c
+              const acc_t dv = a[j] * g_dot_c[4 * j + c] + ds_j * scale * q_dot_c[4 * j + c];
+              g_x += b.dw_dx[c] * dv;
+              g_y += b.dw_dy[c] * dv;
             }
-            grad_loc[2 * i] = static_cast<scalar_t>(g_x * static_cast<acc_t>(W));
-            grad_loc[2 * i + 1] = static_cast<scalar_t>(g_y * static_cast<acc_t>(H));
+            grad_loc[2 * i] = static_cast<scalar_t>(g_x * static_cast<acc_t>(lv.W));
+            grad_loc[2 * i + 1] = static_cast<scalar_t>(g_y * static_cast<acc_t>(lv.H));
+            const scalar_t* rows[4];
+            acc_t w[4];
+            corner_rows<acc_t>(b, keys + offset, row, zeros.data(), ds_j, rows, w);
+            combine4<true>(grad_q.data(), rows, w, D);
           }
         }
         for (int64_t d = 0; d < D; ++d) {
           grad_query[qm * D + d] = static_cast<scalar_t>(grad_q[d] * scale);
+        }
+      }
+    }
+  });
+}
+
+// Backward, pass 2: grad_value += w_c a_j g and grad_key += w_c ds_j scale q at every corner (both
+// into grad_value when key is None), one task per (n, m, l) slice (points of level l only touch
+// its tokens). Each slice has one writer and sums in query order, whatever the thread count:
+// bitwise reproducible.
+template <typename scalar_t>
+void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, const int64_t* shapes,
+                             const int64_t* starts, const scalar_t* locations,
+                             const at::opmath_type<scalar_t>* attn,
+                             const at::opmath_type<scalar_t>* ds,
+                             at::opmath_type<scalar_t>* grad_value,
+                             at::opmath_type<scalar_t>* grad_key, Sizes s) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
+  const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  at::parallel_for(0, s.N * M * L, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(D), q(D), grad_v(D);
+    std::vector<BilinearPoint<acc_t>> points(P);
+    std::vector<char> valid(P);
+    SliceBuffer<acc_t> value_slice, key_slice;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / (M * L), m = task / L % M, l = task % L;
+      const Level lv = level_at(shapes, starts, l, s.S);
+      const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
+      // dense slices pay off when the points touch most tokens (encoders); a sparse slice (the
+      // decoder's queries) is zeroed and scattered in place: the same sums in the same order
+      const int64_t tokens = lv.H * lv.W;
+      const bool dense = dense_slice(s.Lq * P, tokens);
+      const int64_t stride = dense ? D : row;  // between the tokens of grad_v_level
+      acc_t* grad_v_level = dense ? value_slice.reset(tokens, D) : grad_value + offset;
+      acc_t* grad_k_level = !grad_key ? nullptr
+                            : dense   ? key_slice.reset(tokens, D)
+                                      : grad_key + offset;
+      if (!dense) {
+        zero_rows(grad_v_level, tokens, row, D);
+        if (grad_key) {
+          zero_rows(grad_k_level, tokens, row, D);
+        }
+      }
+      for (int64_t iq = 0; iq < s.Lq; ++iq) {
+        const int64_t qm = (n * s.Lq + iq) * M + m;
+        if (iq + kAhead < s.Lq) {  // this slice reads one row in M * D: prefetch them
+          const int64_t ahead = qm + kAhead * M, i = ahead * LP + l * P;
+          prefetch(grad_out + ahead * D, D * sizeof(scalar_t));
+          prefetch(query + ahead * D, D * sizeof(scalar_t));
+          prefetch(locations + 2 * i, 2 * P * sizeof(scalar_t));
+          prefetch(attn + i, P * sizeof(acc_t));
+          prefetch(ds + i, P * sizeof(acc_t));
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          const int64_t i = qm * LP + l * P + p;
+          valid[p] =
+              bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, points[p]);
+          if (valid[p]) {
+            prefetch_corners<true>(points[p], grad_v_level, stride, D);
+            if (grad_key) {
+              prefetch_corners<true>(points[p], grad_k_level, stride, D);
+            }
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
+          q[d] = static_cast<acc_t>(query[qm * D + d]);
+        }
+        for (int64_t p = 0; p < P; ++p) {
+          if (!valid[p]) {
+            continue;
+          }
+          const BilinearPoint<acc_t>& b = points[p];
+          const int64_t j = qm * LP + l * P + p;
+          const acc_t a = attn[j], dk = ds[j] * scale;
+          if (!grad_key) {
+            for (int64_t d = 0; d < D; ++d) {
+              grad_v[d] = a * g[d] + dk * q[d];  // k == v: one gradient for the shared sample
+            }
+          }
+          for (int c = 0; c < 4; ++c) {
+            if (b.token[c] < 0) {
+              continue;
+            }
+            const int64_t t = b.token[c] * stride;
+            if (grad_key) {
+              axpy(grad_v_level + t, g.data(), a * b.w[c], D);
+              axpy(grad_k_level + t, q.data(), dk * b.w[c], D);
+            } else {
+              axpy(grad_v_level + t, grad_v.data(), b.w[c], D);
+            }
+          }
+        }
+      }
+      if (dense) {
+        value_slice.copy_to(grad_value + offset, row, D);
+        if (grad_key) {
+          key_slice.copy_to(grad_key + offset, row, D);
         }
       }
     }
@@ -302,20 +384,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
               kBackward, ": attn must be the contiguous (N, Lq, M, L*P) ", acc_type,
               " softmax weights returned by the forward");
   auto grad_query = at::empty_like(query);
-  auto grad_value = at::zeros(value.sizes(), value.options().dtype(acc_type));
-  auto grad_key = key ? at::zeros(value.sizes(), value.options().dtype(acc_type))
+  // every element of grad_value (and grad_key) is written by the scatter pass
+  auto grad_value = at::empty(value.sizes(), value.options().dtype(acc_type));
+  auto grad_key = key ? at::empty(value.sizes(), value.options().dtype(acc_type))
                       : at::empty({0}, value.options());
   auto grad_loc = at::zeros_like(sampling_locations);
+  auto ds = at::empty_like(attn);  // logit gradients, from pass 1 to pass 2
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(
-        grad_output.const_data_ptr<scalar_t>(), query.const_data_ptr<scalar_t>(),
-        value.const_data_ptr<scalar_t>(), key ? key->const_data_ptr<scalar_t>() : nullptr,
-        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(), attn.const_data_ptr<acc_t>(),
-        grad_query.mutable_data_ptr<scalar_t>(), grad_value.mutable_data_ptr<acc_t>(),
-        key ? grad_key.mutable_data_ptr<acc_t>() : nullptr, grad_loc.mutable_data_ptr<scalar_t>(),
-        s);
+    const scalar_t* grad_out = grad_output.const_data_ptr<scalar_t>();
+    const scalar_t* q = query.const_data_ptr<scalar_t>();
+    const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
+    const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
+    const scalar_t* locations = sampling_locations.const_data_ptr<scalar_t>();
+    const acc_t* a = attn.const_data_ptr<acc_t>();
+    backward_dots_kernel<scalar_t>(grad_out, q, value.const_data_ptr<scalar_t>(),
+                                   key ? key->const_data_ptr<scalar_t>() : nullptr, shapes, starts,
+                                   locations, a, grad_query.mutable_data_ptr<scalar_t>(),
+                                   grad_loc.mutable_data_ptr<scalar_t>(),
+                                   ds.mutable_data_ptr<acc_t>(), s);
+    backward_scatter_kernel<scalar_t>(grad_out, q, shapes, starts, locations, a,
+                                      ds.const_data_ptr<acc_t>(),
+                                      grad_value.mutable_data_ptr<acc_t>(),
+                                      key ? grad_key.mutable_data_ptr<acc_t>() : nullptr, s);
   });
   const auto dtype = value.scalar_type();
   return std::make_tuple(grad_query, grad_value.to(dtype), key ? grad_key.to(dtype) : grad_key,

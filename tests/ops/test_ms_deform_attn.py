@@ -293,6 +293,42 @@ def test_deterministic(op, with_key):
         assert all(torch.equal(g, g0) for g, g0 in zip(grads, runs[0][1]))
 
 
+# The CPU backward runs one task per (batch, head, level) slice and copies a slice into a dense
+# buffer when its points touch its tokens several times over: "dense" has many queries on small
+# maps, "sparse" few queries on a large map (a decoder's case), "mixed" both in one call.
+SLICE_REGIMES = {
+    "dense": {"shapes": ((8, 9), (4, 5)), "Lq": 60},
+    "sparse": {"shapes": ((40, 50), (10, 12)), "Lq": 3},
+    "mixed": {"shapes": ((30, 30), (2, 3)), "Lq": 12},
+}
+
+
+@needs_compiled
+@pytest.mark.parametrize("op,with_key", OPS)
+@pytest.mark.parametrize("regime", sorted(SLICE_REGIMES))
+def test_backward_is_bitwise_deterministic_for_any_thread_count(op, with_key, regime):
+    """Same inputs: bitwise the same gradients run to run and with 1, 2 or 3 threads (each slice
+    of grad_value is summed by one task in query order), and the reference's gradients."""
+    inp = make_inputs(
+        N=2, M=3, D=8, P=4, dtype=torch.float32, loc_range=(0.2, 0.5), **SLICE_REGIMES[regime]
+    )
+    for t in vars(inp).values():
+        t.requires_grad_(t.is_floating_point())
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (2, 2, 1, 3):
+            torch.set_num_threads(n)
+            runs.append(run_both(inp, op, with_key))
+    finally:
+        torch.set_num_threads(threads)
+    (_, grads), (_, ref_grads) = runs[0]
+    for (_, other), _ in runs[1:]:
+        assert all(torch.equal(g, g0) for g, g0 in zip(other, grads))
+    for g, ref_g in zip(grads, ref_grads):
+        assert max_rel_err(g, ref_g) < 1e-5
+
+
 @needs_compiled
 def test_non_contiguous_inputs_are_accepted():
     inp = make_inputs(D=4)

@@ -302,12 +302,11 @@ class DINO(nn.Module):
             "valid_ratios": valid_ratios,
         }
 
-    def select_proposals(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Two-stage proposals: the top-``num_queries`` encoder proposals by best class score.
+    def proposals(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """Every encoder token's two-stage proposal (Deformable DETR section 4.2).
 
         Returns:
-            reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs
-            {"pred_logits" (N, Q, K), "pred_boxes" (N, Q, 4)} for the encoder loss.
+            class logits (N, S, K) and boxes (N, S, 4) inverse-sigmoid cxcywh.
         """
         memory = enc["memory"]
         if self.num_queries > memory.shape[1]:
@@ -321,19 +320,37 @@ class DINO(nn.Module):
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         logits = self.enc_class_embed(output_memory)
-        coords_unsig = self.enc_bbox_embed(output_memory) + proposals
-        # top-k over every token, as the released DINO / Deformable DETR: padding and border
-        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
-        # (1, 1, 1, 1), which the decoder refines like any other
-        topk = torch.topk(logits.max(-1)[0], self.num_queries, dim=1)[1]
-        ref_unsig = torch.gather(coords_unsig, 1, topk[..., None].expand(-1, -1, 4))
+        return logits, self.enc_bbox_embed(output_memory) + proposals
+
+    @staticmethod
+    def gather_proposals(
+        logits: Tensor, coords_unsig: Tensor, selected: Tensor
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The proposals at token indices ``selected`` (N, Q) of :meth:`proposals`' outputs, in
+        that order (query q gets the proposal ``selected[:, q]``); returns as
+        :meth:`select_proposals`."""
+        ref_unsig = torch.gather(coords_unsig, 1, selected[..., None].expand(-1, -1, 4))
         interm = {
             "pred_logits": torch.gather(
-                logits, 1, topk[..., None].expand(-1, -1, logits.shape[-1])
+                logits, 1, selected[..., None].expand(-1, -1, logits.shape[-1])
             ),
             "pred_boxes": ref_unsig.sigmoid(),
         }
         return ref_unsig.detach(), interm
+
+    def select_proposals(self, enc: Dict[str, Tensor]) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Two-stage proposals: the top-``num_queries`` encoder proposals by best class score.
+
+        Returns:
+            reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs
+            {"pred_logits" (N, Q, K), "pred_boxes" (N, Q, 4)} for the encoder loss.
+        """
+        logits, coords_unsig = self.proposals(enc)
+        # top-k over every token, as the released DINO / Deformable DETR: padding and border
+        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
+        # (1, 1, 1, 1), which the decoder refines like any other
+        selected = torch.topk(logits.max(-1)[0], self.num_queries, dim=1)[1]
+        return self.gather_proposals(logits, coords_unsig, selected)
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Content queries of the selected proposals: learned ones, the same for every image

@@ -32,8 +32,10 @@ __all__ = [
     "export_onnx",
     "export_program",
     "min_input_side",
-    "selection_changes",
+    "read_selection",
     "run_onnx",
+    "selection_changes",
+    "selection_session",
 ]
 
 logger = logging.getLogger(__name__)
@@ -275,8 +277,8 @@ def selection_changes(
         PyTorch score difference of two tokens that the runtimes rank in opposite orders (the
         ties that its rounding flipped; at most 2 x score_diff when both selections are top-Q).
     """
-    scores, other_scores = scores.double().cpu(), other_scores.double().cpu()
-    selected, other_selected = selected.cpu(), other_selected.cpu()
+    scores, other_scores = (torch.as_tensor(t).double().cpu() for t in (scores, other_scores))
+    selected, other_selected = (torch.as_tensor(t).long().cpu() for t in (selected, other_selected))
     chosen = torch.zeros(len(scores), dtype=torch.bool)
     chosen[selected] = True
     swapped = int((~chosen[other_selected]).sum())
@@ -304,6 +306,7 @@ def compare_with_pytorch(
     actual: Sequence,
     name: str = "ONNX Runtime",
     selection: Sequence | Callable[[], Sequence] | None = None,
+    tolerance: float = PROPOSAL_TOLERANCE,
 ) -> Dict:
     """
     Compare another runtime's detections on ``image`` (3, H, W) with the PyTorch model's,
@@ -315,7 +318,7 @@ def compare_with_pytorch(
     rounding differs by far less than the stated tolerances, and a query then decodes another
     proposal. ``selection`` decides it: the other runtime's own proposal scores (S,) and
     selected tokens (Q,) of this run, or a function returning them (called only then). The
-    runtime's proposal scores must equal PyTorch's within :data:`PROPOSAL_TOLERANCE` (so its
+    runtime's proposal scores must equal PyTorch's within ``tolerance`` (so its
     selection differs from PyTorch's only among proposals whose PyTorch scores lie within twice
     the measured difference of each other, :func:`selection_changes`), and its detections must
     equal, strictly, those of PyTorch's decoder given the runtime's selection. Nothing else is
@@ -353,10 +356,10 @@ def compare_with_pytorch(
         raise ExportError(error)
     other_scores, other_selected = (torch.as_tensor(t).reshape(-1) for t in selection)
     changes = selection_changes(scores[0], selected[0], other_scores, other_selected)
-    if changes["score_diff"] > PROPOSAL_TOLERANCE:
+    if changes["score_diff"] > tolerance:
         raise ExportError(
             f"{error}; its encoder proposal scores differ from PyTorch's by up to "
-            f"{changes['score_diff']:.2g} (tolerance {PROPOSAL_TOLERANCE:g})"
+            f"{changes['score_diff']:.2g} (tolerance {tolerance:g})"
         )
     if changes["moved"] == 0:
         raise ExportError(f"{error} (with the same top-{m.num_queries} query selection)")
@@ -369,7 +372,7 @@ def compare_with_pytorch(
             "changed)"
         )
     flipped.pop("error")
-    result["selection"] = {**changes, **flipped}
+    result["selection"] = {**changes, "tolerance": tolerance, **flipped}
     return result
 
 
@@ -391,7 +394,7 @@ def describe_comparison(result: Dict, num_queries: int, name: str = "ONNX Runtim
         f"tie in the top-{num_queries} query selection ({sel['moved']} queries take other "
         f"proposals, {sel['swapped']} swapped in at the cut-off; PyTorch score gap "
         f"{sel['max_gap']:.2g}, {name}'s proposal scores within {sel['score_diff']:.2g} of "
-        f"PyTorch's, tolerance {PROPOSAL_TOLERANCE:g}); {sel['matched']}/{n} equal PyTorch's "
+        f"PyTorch's, tolerance {sel['tolerance']:g}); {sel['matched']}/{n} equal PyTorch's "
         f"decoding of {name}'s selection ({diffs})"
     )
 
@@ -442,10 +445,22 @@ def selection_session(path: str, num_queries: int, options=None):
     return None
 
 
+def read_selection(session, image: Tensor, detections: Sequence) -> Tuple:
+    """The query selection (proposal scores, selected tokens) of a :func:`selection_session` on
+    ``image``, checked to come with the same ``detections`` as the plain file's run."""
+    import numpy as np
+
+    if session is None:
+        raise ExportError("the ONNX graph has no TopK of the query selection to read")
+    *again, scores, selected = session.run(None, {"image": image.detach().cpu().numpy()})
+    if not all(np.array_equal(a, np.asarray(b)) for a, b in zip(again, detections)):
+        raise ExportError("ONNX Runtime's detections change when its selection is read out")
+    return scores, selected
+
+
 def _check_file(
     path: str, model: nn.Module, sizes: Sequence[Tuple[int, int]], threads: int
 ) -> List[Dict]:
-    import numpy as np
     import onnx
     import onnxruntime as ort
 
@@ -459,12 +474,7 @@ def _check_file(
         # only when the strict comparison failed: the same graph, its selection read out
         if not instrumented:
             instrumented.append(selection_session(path, model.num_queries, opts))
-        if instrumented[0] is None:
-            raise ExportError("the ONNX graph has no TopK of the query selection to read")
-        *again, scores, selected = instrumented[0].run(None, {"image": image.cpu().numpy()})
-        if not all(np.array_equal(a, b) for a, b in zip(again, detections)):
-            raise ExportError("ONNX Runtime's detections change when the selection is read out")
-        return scores, selected
+        return read_selection(instrumented[0], image, detections)
 
     report = []
     for i, (h, w) in enumerate(sizes):

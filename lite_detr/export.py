@@ -411,6 +411,7 @@ def selection_session(path: str, num_queries: int, options=None):
     tokens (1, Q), after ``boxes``, ``scores``, ``labels``. The file is not changed. None when
     the graph has no such ``TopK``.
     """
+    import numpy as np
     import onnx
     import onnxruntime as ort
 
@@ -423,14 +424,16 @@ def selection_session(path: str, num_queries: int, options=None):
             continue
         k = node.input[1]
         if k in initializers:
-            value = onnx.numpy_helper.to_array(initializers[k]).reshape(-1).tolist()
+            value = onnx.numpy_helper.to_array(initializers[k])
         elif k in constants:
             value = onnx.helper.get_attribute_value(constants[k].attribute[0])
             if isinstance(value, onnx.TensorProto):
-                value = onnx.numpy_helper.to_array(value).reshape(-1).tolist()
+                value = onnx.numpy_helper.to_array(value)
         else:
             continue
-        if list(value) == [num_queries]:  # the first such TopK: the encoder's, before the decoder
+        if np.asarray(value).reshape(-1).tolist() == [
+            num_queries
+        ]:  # the first such TopK: the encoder's, before the decoder
             graph.output.extend(
                 [
                     onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None),

@@ -8,7 +8,10 @@ ONNX file is exported at a smaller size (``--export-size``) and timed at ``--siz
 exercises its dynamic input size. The runtimes take turns in every round, so that a busy shared
 machine slows all of them alike; the table gives the median over ``--runs`` rounds after one
 warm-up run, and each runtime's ratio to eager. Detections of the compiled model and of ONNX
-Runtime are compared with eager's at ``--size``.
+Runtime are compared with eager's at ``--size`` (``lite_detr.export.compare_with_pytorch``:
+strictly, or, where a near-tie of the query selection flipped, with eager's decoding of that
+runtime's own selection; the compiled model returns its selection, ONNX Runtime's is read from
+the file).
 
     python benchmarks/bench_export.py                    # ~15-25 min on 2 cores (compile: most)
     python benchmarks/bench_export.py --runs 3 --no-compile
@@ -24,7 +27,15 @@ import torch
 from detectron2.config import instantiate
 
 from lite_detr.config import load_config
-from lite_detr.export import ExportError, InferenceDetector, compare_detections, export_onnx
+from lite_detr.export import (
+    ExportError,
+    InferenceDetector,
+    compare_with_pytorch,
+    describe_comparison,
+    export_onnx,
+    read_selection,
+    selection_session,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +66,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = instantiate(load_config(args.config_file, args.opts).model).to("cpu").eval()
-    eager = InferenceDetector(model).eval()
+    # with the query selection as extra outputs (already computed: no cost) for the comparison
+    eager = InferenceDetector(model, return_selection=True).eval()
     h, w = args.size
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 255
 
@@ -67,6 +79,7 @@ def main(argv=None):
         opts.intra_op_num_threads = args.threads
         opts.inter_op_num_threads = 1
         session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        ort_selection = selection_session(path, model.num_queries, opts)
     feeds = {"image": image.numpy()}
     runners = {
         "PyTorch eager": lambda: eager(image),
@@ -98,17 +111,19 @@ def main(argv=None):
         med = statistics.median(t)
         print(f"| {name} | {med * 1000:.0f} | {med / base:.2f} |")
     print()
+    selections = {
+        "ONNX Runtime": lambda: read_selection(ort_selection, image, outputs["ONNX Runtime"]),
+        "torch.compile": lambda: outputs["torch.compile"][3:],
+    }
     for name in runners:
         if name == "PyTorch eager":
             continue
         try:
-            diff = compare_detections(outputs["PyTorch eager"], outputs[name], (h, w), name)
-            print(
-                f"{name} vs eager: {diff['matched']}/{diff['detections']} detections matched, max "
-                f"score diff {diff['max_score_diff']:.2g}, max box diff "
-                f"{diff['max_box_diff_px']:.2g} px"
+            diff = compare_with_pytorch(
+                model, image, outputs[name][:3], name, selection=selections[name]
             )
-        except ExportError as e:  # e.g. near-tied scores of random weights swapping a selection
+            print(f"{name} vs eager: {describe_comparison(diff, model.num_queries, name)}")
+        except ExportError as e:
             print(f"{name} vs eager: {e}")
 
 

@@ -128,3 +128,99 @@ def test_compare_detections_tolerates_ties_only():
     ]:
         with pytest.raises(ExportError, match="differ from PyTorch's at 64x64"):
             compare_detections(expected, bad, (64, 64))
+
+
+def test_return_selection(model):
+    from lite_detr.export import InferenceDetector
+
+    image = _image(128, 160, 5)
+    with torch.no_grad():
+        plain = InferenceDetector(model)(image)
+        *dets, scores, selected = InferenceDetector(model, return_selection=True)(image)
+    for a, b in zip(dets, plain):
+        assert torch.equal(a, b)
+    assert scores.shape == (sum(h * w for h, w in _level_sizes(model, image)),)
+    assert torch.equal(selected, torch.topk(scores, model.num_queries)[1])
+
+
+def _level_sizes(model, image):
+    with torch.no_grad():
+        feats = model.neck(model.backbone(image[None]))
+    return [tuple(f.shape[-2:]) for f in feats]
+
+
+def test_selection_changes():
+    from lite_detr.export import selection_changes
+
+    scores = torch.tensor([5.0, 4.0, 3.0, 2.999, 1.0], dtype=torch.float64)
+    selected = torch.tensor([0, 1, 2])
+    same = selection_changes(scores, selected, scores, selected)
+    assert same == {"score_diff": 0.0, "swapped": 0, "moved": 0, "max_gap": 0.0}
+    # token 3 rounds above token 2 at the cut-off: the other runtime selects it instead
+    other = scores.clone()
+    other[2], other[3] = 2.9994, 2.9996
+    cut = selection_changes(scores, selected, other, torch.tensor([0, 1, 3]))
+    assert cut["swapped"] == 1 and cut["moved"] == 1
+    assert cut["max_gap"] == pytest.approx(0.001) and cut["score_diff"] == pytest.approx(6e-4)
+    # two selected tokens in the other order
+    order = selection_changes(scores, selected, scores, torch.tensor([1, 0, 2]))
+    assert order["swapped"] == 0 and order["moved"] == 2 and order["max_gap"] == 1.0
+
+
+def _decode(model, image, selection):
+    """PyTorch's detections when the queries take the proposals ``selection`` (Q,)."""
+    from lite_detr.export import _detect, _encode
+
+    with torch.no_grad():
+        enc = _encode(model, image)
+        logits, coords = model.proposals(enc)
+        ref, _ = model.gather_proposals(logits, coords, selection[None])
+        content = model.content_queries(ref, enc["memory"])
+        return _detect(model, enc, content, ref, image.shape[-2:])
+
+
+def test_compare_with_pytorch_excuses_only_selection_ties(model):
+    """A runtime whose rounding flips two proposals of the query selection: excused only when
+    its proposal scores are within the tolerance of PyTorch's and its detections are PyTorch's
+    decoding of its selection."""
+    from lite_detr.export import compare_detections, compare_with_pytorch, describe_comparison
+
+    image = _image(128, 160, 6)
+    with torch.no_grad():
+        *dets, scores, selected = InferenceDetector(model, return_selection=True)(image)
+    exact = compare_with_pytorch(model, image, dets)
+    assert exact["selection"] is None and exact["matched"] == exact["detections"]
+    assert describe_comparison(exact, model.num_queries).startswith("30/30 equal")
+
+    # the last selected proposal and the best left-out one trade places in the other runtime
+    rest = torch.ones_like(scores, dtype=torch.bool)
+    rest[selected] = False
+    best_out = int(torch.where(rest, scores, float("-inf")).argmax())
+    last = int(selected[-1])
+    gap = float(scores[last] - scores[best_out])
+    other_scores = scores.clone()
+    other_scores[last], other_scores[best_out] = scores[best_out], scores[last]
+    other_selected = torch.cat([selected[:-1], selected.new_tensor([best_out])])
+    flipped = _decode(model, image, other_selected)
+    with pytest.raises(ExportError):  # the flip changes the detections
+        compare_detections(dets, flipped, (128, 160))
+    with pytest.raises(ExportError, match=r"at 128x160: .* 0\.05 px$"):
+        compare_with_pytorch(model, image, flipped)  # no selection to explain it
+    selection = (other_scores, other_selected)
+    tie = compare_with_pytorch(model, image, flipped, selection=selection, tolerance=2 * gap)
+    assert tie["matched"] < tie["detections"]
+    sel = tie["selection"]
+    assert sel["matched"] == sel["detections"] and sel["max_score_diff"] == 0
+    assert (sel["swapped"], sel["moved"]) == (1, 1)
+    assert sel["max_gap"] == pytest.approx(gap) and sel["score_diff"] == pytest.approx(gap)
+    assert "swapped in at the cut-off" in describe_comparison(tie, model.num_queries)
+    # the same flip with proposal scores further apart than the tolerance
+    with pytest.raises(ExportError, match="proposal scores differ from PyTorch's"):
+        compare_with_pytorch(model, image, flipped, selection=selection, tolerance=gap / 2)
+    # a box 0.1 px off on top of the flip: nothing but the selection is excused
+    shifted = (flipped[0] + torch.tensor([0.1, 0, 0, 0]), *flipped[1:])
+    with pytest.raises(ExportError, match="even decoding ONNX Runtime's top-30 query selection"):
+        compare_with_pytorch(model, image, shifted, selection=selection, tolerance=2 * gap)
+    # a difference with the same selection as PyTorch's
+    with pytest.raises(ExportError, match="with the same top-30 query selection"):
+        compare_with_pytorch(model, image, (shifted[0], *dets[1:]), selection=(scores, selected))

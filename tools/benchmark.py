@@ -17,6 +17,7 @@ median; the warnings are also returned with the task's statistics.
 import argparse
 import itertools
 import logging
+import os
 import resource
 import time
 import warnings

@@ -258,16 +258,14 @@ class TwoStageDeformableDETR(nn.Module):
             "valid_ratios": valid_ratios,
         }
 
-    def select_proposals(
+    def proposals(
         self, enc: Dict[str, Tensor], num_queries: int | None = None
-    ) -> Tuple[Tensor, Dict[str, Tensor]]:
-        """Two-stage proposals: the top-``num_queries`` (default :attr:`num_queries`) encoder
-        proposals by their best logit (the foreground logit if ``binary_proposals``).
+    ) -> Tuple[Tensor, Tensor]:
+        """Every encoder token's two-stage proposal (Deformable DETR section 4.2).
 
         Returns:
-            reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs for
-            the encoder loss: {"pred_logits", "pred_boxes"} of the selected Q proposals, or of
-            all S tokens with ``binary_proposals``.
+            logits (N, S, K) (one foreground logit, K = 1, with ``binary_proposals``) and boxes
+            (N, S, 4) inverse-sigmoid cxcywh.
         """
         num_queries = self.num_queries if num_queries is None else num_queries
         memory = enc["memory"]
@@ -282,22 +280,44 @@ class TwoStageDeformableDETR(nn.Module):
         )
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
         logits = self.enc_class_embed(output_memory)
-        coords_unsig = self.enc_bbox_embed(output_memory) + proposals
-        # top-k over every token, as the released DINO / Deformable DETR: padding and border
-        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
-        # (1, 1, 1, 1), which the decoder refines like any other
-        topk = torch.topk(logits.max(-1)[0], num_queries, dim=1)[1]
-        ref_unsig = torch.gather(coords_unsig, 1, topk[..., None].expand(-1, -1, 4))
+        return logits, self.enc_bbox_embed(output_memory) + proposals
+
+    def gather_proposals(
+        self, logits: Tensor, coords_unsig: Tensor, selected: Tensor
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The proposals at token indices ``selected`` (N, Q) of :meth:`proposals`' outputs, in
+        that order (query q gets the proposal ``selected[:, q]``); returns as
+        :meth:`select_proposals`."""
+        ref_unsig = torch.gather(coords_unsig, 1, selected[..., None].expand(-1, -1, 4))
         if self.binary_proposals:
             interm = {"pred_logits": logits, "pred_boxes": coords_unsig.sigmoid()}
         else:
             interm = {
                 "pred_logits": torch.gather(
-                    logits, 1, topk[..., None].expand(-1, -1, logits.shape[-1])
+                    logits, 1, selected[..., None].expand(-1, -1, logits.shape[-1])
                 ),
                 "pred_boxes": ref_unsig.sigmoid(),
             }
         return ref_unsig.detach(), interm
+
+    def select_proposals(
+        self, enc: Dict[str, Tensor], num_queries: int | None = None
+    ) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """Two-stage proposals: the top-``num_queries`` (default :attr:`num_queries`) encoder
+        proposals by their best logit (the foreground logit if ``binary_proposals``).
+
+        Returns:
+            reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs for
+            the encoder loss: {"pred_logits", "pred_boxes"} of the selected Q proposals, or of
+            all S tokens with ``binary_proposals``.
+        """
+        num_queries = self.num_queries if num_queries is None else num_queries
+        logits, coords_unsig = self.proposals(enc, num_queries)
+        # top-k over every token, as the released DINO / Deformable DETR: padding and border
+        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
+        # (1, 1, 1, 1), which the decoder refines like any other
+        selected = torch.topk(logits.max(-1)[0], num_queries, dim=1)[1]
+        return self.gather_proposals(logits, coords_unsig, selected)
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Content queries of the selected proposals (every subclass's own).

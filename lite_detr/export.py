@@ -71,7 +71,7 @@ class InferenceDetector(nn.Module):
         h, w = image.shape[-2:]
         x = (image.to(m.pixel_mean.dtype) - m.pixel_mean) / m.pixel_std
         images = ImageList(x[None], [(h, w)])
-        enc = m.encode(*m.extract_features(images))
+        enc = m.encode(*m.extract_features(images), padded=False)  # one unpadded image
         content, ref_unsig, _ = m.select_queries(enc)
         logits, boxes = m.decode(enc, content, ref_unsig)
         scores, labels, boxes = m.select_detections(logits[-1], boxes[-1])

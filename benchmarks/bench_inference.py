@@ -9,6 +9,9 @@ Steps (cumulative; "today" runs none of them, i.e. the forward before they exist
 2. ``channels-last``: the folded weights, and so the backbone's feature maps, channels-last.
 3. ``no padding mask``: an unpadded batch gives the attention no key padding mask.
 
+The CPU time (of all the process's threads, ``time.process_time``) grows less than the wall time
+on a loaded machine, where another process takes the cores in the middle of an op.
+
 Each row's outputs are compared with today's: the encoder memory (largest difference relative to
 its largest value) and the detections, each matched to today's detection of its class with the
 nearest box (top-k over (query, class) pairs: detections of near-equal scores may swap ranks, so
@@ -95,10 +98,12 @@ class StageTimer:
         self.memory = output
 
     def run(self, model, inputs, skip_padding_mask):
+        cpu = time.process_time()
         start = time.perf_counter()
         with torch.no_grad():
             out = detect(model, inputs, skip_padding_mask)
         end = time.perf_counter()
+        cpu = time.process_time() - cpu
         m = self.marks
         backbone = m["neck_end"] - start
         encoder = m["encoder_end"] - m["encoder_start"]
@@ -107,6 +112,7 @@ class StageTimer:
             "encoder": encoder,
             "decoder": end - start - backbone - encoder,
             "total": end - start,
+            "cpu": cpu,
         }
         return times, out[0]["instances"]
 
@@ -169,17 +175,17 @@ def main(argv=None):
                 runs[label].append(times)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
-    keys = ("backbone", "encoder", "decoder", "total")
+    keys = ("backbone", "encoder", "decoder", "total", "cpu")
     med = {
         label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()
     }
     first = next(iter(med))
     print(
         "\n| step | backbone s | encoder s | decoder s | total s | ratio to today | "
-        "ratio to previous | memory rel. diff | detections matched | max score diff "
-        "| max box diff px |"
+        "ratio to previous | CPU s | CPU ratio | memory rel. diff | detections matched "
+        "| max score diff | max box diff px |"
     )
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 13)
     prev = first
     for label in med:
         row = med[label]
@@ -189,7 +195,8 @@ def main(argv=None):
         print(
             f"| {label} | {row['backbone']:.2f} | {row['encoder']:.2f} | {row['decoder']:.2f} "
             f"| {row['total']:.2f} | {row['total'] / med[first]['total']:.2f} "
-            f"| {row['total'] / med[prev]['total']:.2f} | {memory:.1e} | {matched:.1%} "
+            f"| {row['total'] / med[prev]['total']:.2f} | {row['cpu']:.2f} "
+            f"| {row['cpu'] / med[first]['cpu']:.2f} | {memory:.1e} | {matched:.1%} "
             f"| {score:.1e} | {box:.1e} |"
         )
         prev = label

@@ -96,7 +96,8 @@ class InferenceDetector(nn.Module):
 def _encode(model: TwoStageDeformableDETR, image: Tensor) -> Dict:
     h, w = image.shape[-2:]
     x = (image.to(model.pixel_mean.dtype) - model.pixel_mean) / model.pixel_std
-    return model.encode(*model.extract_features(ImageList(x[None], [(h, w)])))
+    # one unpadded image: no key padding mask
+    return model.encode(*model.extract_features(ImageList(x[None], [(h, w)])), padded=False)
 
 
 def _detect(

@@ -1,6 +1,17 @@
-"""Backbone adapters: detectron2's ResNet and the multi-scale neck."""
+"""Backbone adapters: detectron2's ResNet, BatchNorm folding at inference, the multi-scale neck."""
 
+from .batchnorm_folding import (
+    BatchNormFoldedConv2d,
+    fold_batchnorm_at_inference,
+    folded_conv_parameters,
+)
 from .neck import MultiScaleNeck
-from .resnet import make_resnet, make_resnet_stages
+from .resnet import make_resnet_stages
 
-__all__ = ["MultiScaleNeck", "make_resnet", "make_resnet_stages"]
+__all__ = [
+    "BatchNormFoldedConv2d",
+    "MultiScaleNeck",
+    "fold_batchnorm_at_inference",
+    "folded_conv_parameters",
+    "make_resnet_stages",
+]

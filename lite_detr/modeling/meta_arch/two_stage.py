@@ -23,11 +23,20 @@ from torch import Tensor, nn
 from lite_detr.checkpoint import VariantTag  # defined with the checkpointer
 from lite_detr.layers import ATTENTION_TYPES, MLP
 
+from ..backbone import fold_batchnorm_at_inference
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..interfaces import check_decoder, check_encoder
 from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
 
-__all__ = ["TwoStageDeformableDETR", "VariantTag"]
+__all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding"]
+
+
+def has_padding(images: ImageList) -> bool:
+    """Whether any image of the batch is smaller than the padded tensor (from the sizes on the
+    host: no device read)."""
+    h, w = images.tensor.shape[-2:]
+    return any(ih != h or iw != w for ih, iw in images.image_sizes)
+
 
 # prior probability of the class logits at initialisation (focal loss, RetinaNet)
 PRIOR_PROB = 0.01
@@ -129,6 +138,9 @@ class TwoStageDeformableDETR(nn.Module):
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(f"{name}: pixel_mean and pixel_std must have 3 (RGB) values")
         self.backbone = backbone
+        # at inference the backbone's BatchNorms are folded into its convs, channels-last (same
+        # parameters and state dict; training unchanged)
+        fold_batchnorm_at_inference(backbone)
         self.neck = neck
         self.position_embedding = position_embedding
         self.encoder = encoder
@@ -218,13 +230,20 @@ class TwoStageDeformableDETR(nn.Module):
         ]
         return feats, masks
 
-    def encode(self, feats: List[Tensor], masks: List[Tensor]) -> Dict[str, Tensor]:
+    def encode(
+        self, feats: List[Tensor], masks: List[Tensor], padded: bool = True
+    ) -> Dict[str, Tensor]:
         """Flatten the levels (fine-to-coarse), add position + level embeddings, run the encoder.
 
+        Args:
+            padded: whether any image of the batch is padded (:func:`has_padding`); if not, the
+                attention of the encoder and decoder gets no key padding mask (it would be all
+                False: same outputs, minus a masking pass over the values in every layer).
+
         Returns:
-            dict with "memory" (N, S, C), "padding_mask" (N, S), "spatial_shapes" (L, 2),
-            "spatial_sizes" (its L (H, W) pairs as Python ints), "level_start_index" (L,),
-            "valid_ratios" (N, L, 2).
+            dict with "memory" (N, S, C), "padding_mask" (N, S), "key_padding_mask" (the
+            attention's: "padding_mask" or None), "spatial_shapes" (L, 2), "spatial_sizes" (its
+            L (H, W) pairs as Python ints), "level_start_index" (L,), "valid_ratios" (N, L, 2).
         """
         src, pos, flat_masks = [], [], []
         for lvl, (feat, mask) in enumerate(zip(feats, masks)):
@@ -240,18 +259,20 @@ class TwoStageDeformableDETR(nn.Module):
         )
         valid_ratios = torch.stack([get_valid_ratio(m) for m in masks], 1)
         padding_mask = torch.cat(flat_masks, 1)
+        key_padding_mask = padding_mask if padded else None
         memory = self.encoder(
             torch.cat(src, 1),
             torch.cat(pos, 1),
             spatial_shapes,
             level_start_index,
             valid_ratios,
-            padding_mask,
+            key_padding_mask,
             spatial_sizes=spatial_sizes,
         )
         return {
             "memory": memory,
             "padding_mask": padding_mask,
+            "key_padding_mask": key_padding_mask,
             "spatial_shapes": spatial_shapes,
             "spatial_sizes": spatial_sizes,
             "level_start_index": level_start_index,
@@ -381,7 +402,7 @@ class TwoStageDeformableDETR(nn.Module):
             enc["spatial_shapes"],
             enc["level_start_index"],
             enc["valid_ratios"],
-            enc["padding_mask"],
+            enc["key_padding_mask"],
             attn_mask,
             query_pos=self.position_queries(ref_unsig, enc["memory"]),
         )
@@ -419,7 +440,7 @@ class TwoStageDeformableDETR(nn.Module):
         """
         images = self.preprocess_image(batched_inputs)
         targets = self.prepare_targets(batched_inputs, images) if self.training else None
-        enc = self.encode(*self.extract_features(images))
+        enc = self.encode(*self.extract_features(images), padded=has_padding(images))
         if self.training:
             return self.forward_training(enc, targets)
         content, ref_unsig, _ = self.select_queries(enc)

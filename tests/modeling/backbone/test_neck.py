@@ -2,14 +2,25 @@ import pytest
 import torch
 from detectron2.layers import ShapeSpec
 from detectron2.layers.batch_norm import FrozenBatchNorm2d
+from detectron2.modeling.backbone import BasicStem, ResNet
 
-from lite_detr.modeling.backbone import MultiScaleNeck, make_resnet, make_resnet_stages
+from lite_detr.modeling.backbone import MultiScaleNeck, make_resnet_stages
+
+
+def make_resnet18(freeze_at=1):
+    """detectron2's ResNet-18 as the configs build it: FrozenBN, res3-res5 out."""
+    return ResNet(
+        stem=BasicStem(in_channels=3, out_channels=64, norm="FrozenBN"),
+        stages=make_resnet_stages(depth=18, norm="FrozenBN"),
+        out_features=["res3", "res4", "res5"],
+        freeze_at=freeze_at,
+    )
 
 
 @pytest.fixture(scope="module")
 def resnet18():
     torch.manual_seed(0)
-    return make_resnet(depth=18).eval()
+    return make_resnet18().eval()
 
 
 def test_resnet18_neck_levels(resnet18):

@@ -1,0 +1,206 @@
+#!/usr/bin/env python
+"""What each inference speed-up of the backbone and the encoder buys (issue 16): one detector
+timed with the steps switched on one after the other, the configurations taking turns in every
+round (so that a change of machine load hits all of them), median over ``--runs`` rounds.
+
+Steps (cumulative; "today" runs none of them, i.e. the forward before they existed):
+
+1. ``fold BN``: FrozenBatchNorm folded into the backbone's convs (cached folded weights).
+2. ``channels-last``: the folded weights, and so the backbone's feature maps, channels-last.
+3. ``no padding mask``: an unpadded batch gives the attention no key padding mask.
+
+The CPU time (of all the process's threads, ``time.process_time``) grows less than the wall time
+on a loaded machine, where another process takes the cores in the middle of an op.
+
+Each row's outputs are compared with today's: the encoder memory (largest difference relative to
+its largest value) and the detections, each matched to today's detection of its class with the
+nearest box (top-k over (query, class) pairs: detections of near-equal scores may swap ranks, so
+ranks are not compared, nor the detections at the cut): the share within lite_detr.export's
+tolerances (score 1e-4, box 0.05 px) and the largest differences. Weights are random (seed 0);
+the FrozenBatchNorm statistics are drawn at random too (scale 0.75-1.25, shift +-0.1), so that
+folding is not an identity.
+
+    python benchmarks/bench_inference.py                    # Lite-DINO R50, 800x1333, 2 threads
+    python benchmarks/bench_inference.py --runs 3 \
+        --config projects/lite_dino/configs/models/dino_r50.py
+"""
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
+
+from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE  # noqa: E402
+from lite_detr.modeling.backbone import fold_batchnorm_at_inference  # noqa: E402
+from lite_detr.modeling.meta_arch.dino import has_padding  # noqa: E402
+from lite_detr.ops import compiled_ops_available  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(
+    ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py"
+)
+# label -> (fold, channels_last, skip the all-False padding mask)
+STEPS = {
+    "today": (False, False, False),
+    "+ fold BN": (True, False, False),
+    "+ channels-last": (True, True, False),
+    "+ no padding mask": (True, True, True),
+}
+
+
+def randomize_frozen_bn(model, seed=0):
+    """Trained-looking FrozenBatchNorm statistics (the init's are an identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+                m.running_mean.copy_(torch.rand(n, generator=g) * 0.2 - 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+
+
+def detect(model, inputs, skip_padding_mask):
+    """``model(inputs)`` at inference, with the padding-mask step on or off."""
+    images = model.preprocess_image(inputs)
+    padded = has_padding(images) if skip_padding_mask else True
+    enc = model.encode(*model.extract_features(images), padded=padded)
+    content, ref_unsig, _ = model.select_queries(enc)
+    logits, boxes = model.decode(enc, content, ref_unsig)
+    return model.inference(model.to_outputs(logits, boxes), images, inputs)
+
+
+class StageTimer:
+    """Wall time of backbone + neck (with the image normalisation), encoder, and the rest."""
+
+    def __init__(self, model):
+        self.marks = {}
+        model.neck.register_forward_hook(lambda m, i, o: self._mark("neck_end"))
+        model.encoder.register_forward_pre_hook(lambda m, i: self._mark("encoder_start"))
+        model.encoder.register_forward_hook(self._encoder_end)
+        self.memory = None
+
+    def _mark(self, name):
+        self.marks[name] = time.perf_counter()
+
+    def _encoder_end(self, module, inputs, output):
+        self._mark("encoder_end")
+        self.memory = output
+
+    def run(self, model, inputs, skip_padding_mask):
+        cpu = time.process_time()
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = detect(model, inputs, skip_padding_mask)
+        end = time.perf_counter()
+        cpu = time.process_time() - cpu
+        m = self.marks
+        backbone = m["neck_end"] - start
+        encoder = m["encoder_end"] - m["encoder_start"]
+        times = {
+            "backbone": backbone,
+            "encoder": encoder,
+            "decoder": end - start - backbone - encoder,
+            "total": end - start,
+            "cpu": cpu,
+        }
+        return times, out[0]["instances"]
+
+
+def compare(inst, ref):
+    """Each detection of ``inst`` matched to the detection of ``ref`` of its class with the
+    nearest box: (share within the export tolerances, max |score diff|, max |box diff| px)."""
+    boxes, ref_boxes = inst.pred_boxes.tensor, ref.pred_boxes.tensor
+    dist = (boxes[:, None] - ref_boxes[None]).abs().amax(-1)  # (K, K) largest coordinate diff
+    dist[inst.pred_classes[:, None] != ref.pred_classes[None]] = float("inf")
+    box_diff, nearest = dist.min(1)
+    score_diff = (inst.scores - ref.scores[nearest]).abs()
+    # at the top-k cut, a detection may trade places with one just outside: not compared
+    inside = inst.scores > ref.scores.min() + SCORE_TOLERANCE
+    box_diff, score_diff = box_diff[inside], score_diff[inside]
+    matched = (box_diff <= BOX_TOLERANCE) & (score_diff <= SCORE_TOLERANCE)
+    return float(matched.float().mean()), float(score_diff.max()), float(box_diff.max())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="LazyConfig with a model node")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--height", type=int, default=800)
+    parser.add_argument("--width", type=int, default=1333)
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        parser.error("--runs must be >= 1 and --warmup >= 0")
+
+    torch.set_num_threads(args.threads)
+    if not compiled_ops_available("cpu"):
+        print("WARNING: lite_detr._C has no CPU kernels; the attention runs the slow PyTorch path")
+    torch.manual_seed(0)
+    base = instantiate(LazyConfig.load(args.config).model).eval()
+    randomize_frozen_bn(base)
+    # one copy per step (same weights), so that no switch invalidates a folded-weight cache
+    models = {}
+    for label, (fold, channels_last, _) in STEPS.items():
+        models[label] = copy.deepcopy(base)
+        fold_batchnorm_at_inference(models[label].backbone, fold, channels_last)
+    del base
+    g = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, generator=g)
+    inputs = [{"image": image}]
+    print(
+        f"{os.path.relpath(args.config, ROOT)}: {args.height}x{args.width}, {args.threads} "
+        f"threads, torch {torch.__version__}, load average {os.getloadavg()[0]:.2f}"
+    )
+
+    timers = {label: StageTimer(model) for label, model in models.items()}
+    runs = {label: [] for label in models}
+    outputs, memories = {}, {}
+    for i in range(args.warmup + args.runs):
+        for label, model in models.items():
+            times, outputs[label] = timers[label].run(model, inputs, STEPS[label][2])
+            memories[label] = timers[label].memory
+            if i >= args.warmup:
+                runs[label].append(times)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+    keys = ("backbone", "encoder", "decoder", "total", "cpu")
+    med = {
+        label: {k: statistics.median(r[k] for r in rs) for k in keys} for label, rs in runs.items()
+    }
+    first = next(iter(med))
+    print(
+        "\n| step | backbone s | encoder s | decoder s | total s | ratio to today | "
+        "ratio to previous | CPU s | CPU ratio | memory rel. diff | detections matched "
+        "| max score diff | max box diff px |"
+    )
+    print("|" + "---|" * 13)
+    prev = first
+    for label in med:
+        row = med[label]
+        matched, score, box = compare(outputs[label], outputs[first])
+        ref = memories[first]
+        memory = float((memories[label] - ref).abs().max() / ref.abs().max())
+        print(
+            f"| {label} | {row['backbone']:.2f} | {row['encoder']:.2f} | {row['decoder']:.2f} "
+            f"| {row['total']:.2f} | {row['total'] / med[first]['total']:.2f} "
+            f"| {row['total'] / med[prev]['total']:.2f} | {row['cpu']:.2f} "
+            f"| {row['cpu'] / med[first]['cpu']:.2f} | {memory:.1e} | {matched:.1%} "
+            f"| {score:.1e} | {box:.1e} |"
+        )
+        prev = label
+
+
+if __name__ == "__main__":
+    main()

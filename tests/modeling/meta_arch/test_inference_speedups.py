@@ -1,0 +1,76 @@
+"""The detectors' inference speed-ups (issue 16): the backbone's BatchNorms folded into its convs,
+channels-last; no key padding mask for an unpadded batch. Same outputs, same state dict."""
+
+import torch
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+
+from lite_detr.modeling.backbone import BatchNormFoldedConv2d, fold_batchnorm_at_inference
+from lite_detr.modeling.meta_arch.two_stage import has_padding
+
+
+def _randomize_frozen_bn(model):
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+def test_the_detectors_fold_their_backbone(build_tiny):
+    model = build_tiny()
+    convs = [m for m in model.backbone.modules() if isinstance(m, Conv2d)]
+    assert convs and all(isinstance(m, BatchNormFoldedConv2d) for m in convs)
+    fresh = build_tiny()
+    fold_batchnorm_at_inference(fresh.backbone, fold=False)
+    assert list(model.state_dict()) == list(fresh.state_dict())
+    for m in (model, fresh):
+        _randomize_frozen_bn(m)
+        m.eval()
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        feats = model.neck(model.backbone(x))
+        ref = fresh.neck(fresh.backbone(x))
+    for f, r in zip(feats, ref):
+        assert f.is_contiguous(memory_format=torch.channels_last)
+        # tokens (N, HW, C) of a channels-last map need no copy
+        assert f.flatten(2).transpose(1, 2).is_contiguous()
+        torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-4)
+
+
+def test_has_padding(build_tiny):
+    model = build_tiny().eval()
+    same = model.preprocess_image([{"image": torch.rand(3, 32, 48)}] * 2)
+    mixed = model.preprocess_image(
+        [{"image": torch.rand(3, 32, 48)}, {"image": torch.rand(3, 32, 40)}]
+    )
+    assert not has_padding(same) and has_padding(mixed)
+
+
+def test_no_padding_mask_gives_the_same_outputs(build_tiny):
+    """An unpadded batch runs the attention without a key padding mask; it would be all False,
+    so the encoder memory and the decoder outputs are those with the mask, bit for bit."""
+    model = build_tiny().eval()
+    images = model.preprocess_image([{"image": torch.rand(3, 64, 96) * 255}] * 2)
+    outs = []
+    with torch.no_grad():
+        for padded in (True, False):
+            enc = model.encode(*model.extract_features(images), padded=padded)
+            assert (enc["key_padding_mask"] is None) == (not padded)
+            content, ref_unsig, _ = model.select_queries(enc)
+            outs.append((enc["memory"], *model.decode(enc, content, ref_unsig)))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
+def test_forward_passes_the_mask_only_for_padded_batches(build_tiny):
+    model = build_tiny().eval()
+    seen = []
+    model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[5]))
+    small, large = torch.rand(3, 48, 64) * 255, torch.rand(3, 64, 96) * 255
+    with torch.no_grad():
+        model([{"image": large}, {"image": large}])
+        model([{"image": small}, {"image": large}])
+    assert seen[0] is None
+    # the padded image's tokens are masked, the other's not
+    assert seen[1] is not None and seen[1][0].any() and not seen[1][1].any()

@@ -12,6 +12,8 @@ Same ``train`` keys as detectron2's ``tools/lazyconfig_train_net.py`` (which can
 configs too), plus ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_ema``.
 """
 
+import logging
+import os
 import signal
 import sys
 import warnings
@@ -43,4 +45,10 @@ if __name__ == "__main__":
             "continue with --resume.",
             file=sys.stderr,
         )
-        sys.exit(130)
+        # the trainer's hooks and writers have closed by now; leave without the interpreter's
+        # shutdown, where the data loader's fd-sharing thread (multiprocessing.resource_sharer)
+        # can print a traceback for its closed listener
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)

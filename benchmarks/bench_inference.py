@@ -29,21 +29,18 @@ import argparse
 import copy
 import os
 import statistics
-import sys
 import time
 
 import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.layers import FrozenBatchNorm2d
+
+from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE
+from lite_detr.modeling.backbone import fold_batchnorm_at_inference
+from lite_detr.modeling.meta_arch.dino import has_padding
+from lite_detr.ops import compiled_ops_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
-
-from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE  # noqa: E402
-from lite_detr.modeling.backbone import fold_batchnorm_at_inference  # noqa: E402
-from lite_detr.modeling.meta_arch.dino import has_padding  # noqa: E402
-from lite_detr.ops import compiled_ops_available  # noqa: E402
 
 DEFAULT_CONFIG = os.path.join(
     ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py"

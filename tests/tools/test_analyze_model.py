@@ -63,5 +63,5 @@ def test_bad_input_size_and_num_inputs_give_one_line(capsys):
     # an image too small for the model's queries: the model's ValueError, which main() prints
     # as one line
     cfg = load_config(SHAPES_CFG, TINY)
-    with pytest.raises(ValueError, match="num_queries=30 exceeds"):
+    with pytest.raises(ValueError, match="30 queries exceed the 4 encoder tokens"):
         analyze_model.analyze(cfg, ["flop"], (1, 1), 1)

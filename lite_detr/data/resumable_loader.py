@@ -13,6 +13,7 @@ number of workers.
 
 import itertools
 import logging
+import sys
 from typing import Callable, Dict, List
 
 import numpy as np
@@ -26,6 +27,28 @@ from lite_detr.utils import preserved_rng_states
 __all__ = ["ResumableTrainLoader"]
 
 logger = logging.getLogger(__name__)
+
+
+class _QuietWhenConsumerLeaves:
+    """``sys.excepthook`` of a loader worker: a broken pipe or reset connection is not shown.
+
+    A worker hands each batch's tensors to the main process through file descriptors served by
+    a thread (``multiprocessing.resource_sharer``) that reports any failure through
+    ``sys.excepthook``. When the main process stops mid-transfer (Ctrl-C, SIGTERM), that thread
+    prints a ``BrokenPipeError`` traceback for a transfer nobody wants any more; the main process
+    reports the interruption itself.
+    """
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def __call__(self, exc_type, exc, tb):
+        if not issubclass(exc_type, (BrokenPipeError, ConnectionResetError)):
+            self.hook(exc_type, exc, tb)
+
+
+def _init_worker(_worker_id: int) -> None:
+    sys.excepthook = _QuietWhenConsumerLeaves(sys.excepthook)
 
 
 def _seed_everything(seed: int) -> None:
@@ -154,6 +177,7 @@ class ResumableTrainLoader:
             stream,
             batch_size=None,
             num_workers=self.num_workers,
+            worker_init_fn=_init_worker,
             generator=torch.Generator().manual_seed(0),  # do not draw from the global RNG
         )
         buckets: List[List] = [[], []]

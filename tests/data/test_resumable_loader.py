@@ -65,3 +65,20 @@ def test_first_epoch_is_a_permutation_without_grouping():
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="total_batch_size=0"):
         ResumableTrainLoader(_dataset(), None, 0, seed=1)
+
+
+def _report_through_excepthook(d):
+    import sys
+
+    for error in (BrokenPipeError(32, "Broken pipe"), ValueError("a real worker error")):
+        sys.excepthook(type(error), error, None)
+    return d
+
+
+def test_worker_does_not_print_a_broken_pipe_when_the_main_process_leaves(capfd):
+    # the fd-sharing thread of a worker reports through sys.excepthook; after Ctrl-C the main
+    # process is gone mid-transfer and its BrokenPipeError is noise, any other error is not
+    _take(ResumableTrainLoader(_dataset(2), _report_through_excepthook, 1, num_workers=1), 1)
+    err = capfd.readouterr().err
+    assert "a real worker error" in err
+    assert "BrokenPipeError" not in err

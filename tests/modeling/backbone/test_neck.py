@@ -68,6 +68,41 @@ def test_make_resnet_stages_any_depth():
         make_resnet_stages(depth=42)
 
 
+@pytest.mark.parametrize("depth", [18, 50])
+def test_make_resnet_stages_width(depth):
+    def shapes(stages):
+        return [
+            [(type(b).__name__, b.in_channels, b.out_channels, b.stride) for b in s] for s in stages
+        ]
+
+    # width 64 is detectron2's default ResNet, block for block
+    default = ResNet.make_default_stages(
+        depth, norm="BN", **({} if depth < 50 else {"stride_in_1x1": False})
+    )
+    assert shapes(make_resnet_stages(depth=depth, norm="BN", width=64)) == shapes(default)
+    # width 32 halves every stage's channels and keeps the blocks and strides
+    half = make_resnet_stages(depth=depth, norm="BN", width=32)
+    assert shapes(half) == [
+        [(name, i // 2, o // 2, s) for name, i, o, s in stage] for stage in shapes(default)
+    ]
+    resnet = ResNet(
+        stem=BasicStem(in_channels=3, out_channels=32, norm="BN"),
+        stages=half,
+        out_features=["res3", "res4", "res5"],
+    )
+    expansion = 1 if depth < 50 else 4
+    assert [v.channels for v in resnet.output_shape().values()] == [
+        64 * expansion,
+        128 * expansion,
+        256 * expansion,
+    ]
+    outs = resnet(torch.randn(1, 3, 64, 64))
+    assert outs["res5"].shape == (1, 256 * expansion, 2, 2)
+    for bad in (0, 12, 64.0):
+        with pytest.raises(ValueError, match="width must be a positive multiple of 8"):
+            make_resnet_stages(depth=depth, width=bad)
+
+
 def test_more_extra_levels_chain_on_previous_level():
     shapes = {"res4": ShapeSpec(channels=16, stride=16), "res5": ShapeSpec(channels=24, stride=32)}
     neck = MultiScaleNeck(

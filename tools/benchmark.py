@@ -36,6 +36,7 @@ from tqdm import tqdm  # noqa: E402
 from lite_detr.config import ConfigError, check_config, load_config  # noqa: E402
 from lite_detr.data import positive_int, sample_inputs  # noqa: E402
 from lite_detr.engine.cli import add_tasks_argument, run_tool  # noqa: E402
+from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
 
 logger = logging.getLogger("lite_detr.benchmark")
 
@@ -216,6 +217,7 @@ def main(argv=None):
 
 
 def _main(args):
+    reuse_freed_memory()  # large CPU tensors: reuse freed blocks (lite_detr/utils/malloc.py)
     cfg = load_config(args.config_file, args.opts + [f"train.device={args.device}"])
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA GPU is available: use --device cpu.")

@@ -32,6 +32,7 @@ from lite_detr.config import ConfigError, load_config  # noqa: E402
 from lite_detr.engine import Predictor, read_rgb  # noqa: E402
 from lite_detr.engine.cli import run_tool  # noqa: E402
 from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
+from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
 
 logger = logging.getLogger("lite_detr.demo")
 
@@ -178,6 +179,7 @@ def main(argv=None):
 
 
 def _main(args):
+    reuse_freed_memory()  # large CPU tensors: reuse freed blocks (lite_detr/utils/malloc.py)
     cfg = load_config(args.config_file, args.opts)
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         # training configs default to cuda; inference runs anywhere

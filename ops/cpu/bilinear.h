@@ -4,12 +4,26 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "sampling.h"
 
 namespace lite_detr {
 namespace cpu {
+
+// Calls f(std::integral_constant<int64_t, 32>) when the channels per head D are 32 (256 channels
+// in 8 heads: every detector here), f(std::integral_constant<int64_t, 0>) otherwise. A kernel
+// templated on kD uses `kD > 0 ? kD : D`, so its channel loops get a trip count known at compile
+// time (fully unrolled) in the common case; the arithmetic and its order are the same.
+template <typename F>
+inline void with_head_dim(int64_t D, F&& f) {
+  if (D == 32) {
+    f(std::integral_constant<int64_t, 32>{});
+  } else {
+    f(std::integral_constant<int64_t, 0>{});
+  }
+}
 
 // The rows of the four corners of `b` in a level whose token 0 is `level` (tokens `row` apart) and
 // their weights; corners outside the map read `zeros` with weight 0, so the channel loops below

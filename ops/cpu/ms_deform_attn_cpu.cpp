@@ -36,11 +36,12 @@ constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
 constexpr int64_t kAhead = 8;  // queries between a prefetch and the use of its rows
 
-template <typename scalar_t>
+template <typename scalar_t, int64_t kD>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
                     const scalar_t* locations, const scalar_t* weights, scalar_t* out, int64_t N,
-                    int64_t S, int64_t M, int64_t D, int64_t Lq, int64_t L, int64_t P) {
+                    int64_t S, int64_t M, int64_t head_dim, int64_t Lq, int64_t L, int64_t P) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = kD > 0 ? kD : head_dim;
   const int64_t row = M * D;  // stride between tokens in value
   at::parallel_for(0, N * Lq, 16, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
@@ -85,13 +86,14 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
 // and grad_loc of the level's points, and the scatter of a * w_c * grad_output into a dense
 // gradient slice), then writes the slice into grad_value. Each slice has one writer and sums in
 // query order, whatever the thread count: bitwise reproducible, with N * M * L parallel tasks.
-template <typename scalar_t>
+template <typename scalar_t, int64_t kD>
 void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int64_t* shapes,
                      const int64_t* starts, const scalar_t* locations, const scalar_t* weights,
                      at::opmath_type<scalar_t>* grad_value, scalar_t* grad_loc,
-                     scalar_t* grad_weights, int64_t N, int64_t S, int64_t M, int64_t D, int64_t Lq,
-                     int64_t L, int64_t P) {
+                     scalar_t* grad_weights, int64_t N, int64_t S, int64_t M, int64_t head_dim,
+                     int64_t Lq, int64_t L, int64_t P) {
   using acc_t = at::opmath_type<scalar_t>;
+  const int64_t D = kD > 0 ? kD : head_dim;
   const int64_t row = M * D;
   at::parallel_for(0, N * M * L, 1, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
@@ -176,11 +178,14 @@ at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial
   const int64_t P = sampling_locations.size(4);
   auto out = at::empty({N, Lq, M * D}, value.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kForward, [&] {
-    forward_kernel<scalar_t>(
-        value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
-        level_start_index.const_data_ptr<int64_t>(), sampling_locations.const_data_ptr<scalar_t>(),
-        attention_weights.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, S, M, D,
-        Lq, L, P);
+    cpu::with_head_dim(D, [&](auto kD) {
+      forward_kernel<scalar_t, decltype(kD)::value>(
+          value.const_data_ptr<scalar_t>(), spatial_shapes.const_data_ptr<int64_t>(),
+          level_start_index.const_data_ptr<int64_t>(),
+          sampling_locations.const_data_ptr<scalar_t>(),
+          attention_weights.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, S, M,
+          D, Lq, L, P);
+    });
   });
   return out;
 }
@@ -204,12 +209,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   auto grad_weights = at::zeros_like(attention_weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(
-        grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
-        spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
-        sampling_locations.const_data_ptr<scalar_t>(), attention_weights.const_data_ptr<scalar_t>(),
-        grad_value.mutable_data_ptr<acc_t>(), grad_loc.mutable_data_ptr<scalar_t>(),
-        grad_weights.mutable_data_ptr<scalar_t>(), N, S, M, D, Lq, L, P);
+    cpu::with_head_dim(D, [&](auto kD) {
+      backward_kernel<scalar_t, decltype(kD)::value>(
+          grad_output.const_data_ptr<scalar_t>(), value.const_data_ptr<scalar_t>(),
+          spatial_shapes.const_data_ptr<int64_t>(), level_start_index.const_data_ptr<int64_t>(),
+          sampling_locations.const_data_ptr<scalar_t>(),
+          attention_weights.const_data_ptr<scalar_t>(), grad_value.mutable_data_ptr<acc_t>(),
+          grad_loc.mutable_data_ptr<scalar_t>(), grad_weights.mutable_data_ptr<scalar_t>(), N, S, M,
+          D, Lq, L, P);
+    });
   });
   return std::make_tuple(grad_value.to(value.scalar_type()), grad_loc, grad_weights);
 }

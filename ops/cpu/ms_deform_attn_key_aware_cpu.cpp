@@ -238,7 +238,7 @@ void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const
 // into grad_value when key is None), one task per (n, m, l) slice (points of level l only touch
 // its tokens). Each slice has one writer and sums in query order, whatever the thread count:
 // bitwise reproducible.
-template <typename scalar_t>
+template <typename scalar_t, int64_t kD>
 void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, const int64_t* shapes,
                              const int64_t* starts, const scalar_t* locations,
                              const at::opmath_type<scalar_t>* attn,
@@ -246,7 +246,7 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
                              at::opmath_type<scalar_t>* grad_value,
                              at::opmath_type<scalar_t>* grad_key, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
+  const int64_t D = kD > 0 ? kD : s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = M * D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
   at::parallel_for(0, s.N * M * L, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(D), q(D), grad_v(D);
@@ -403,10 +403,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
                                    locations, a, grad_query.mutable_data_ptr<scalar_t>(),
                                    grad_loc.mutable_data_ptr<scalar_t>(),
                                    ds.mutable_data_ptr<acc_t>(), s);
-    backward_scatter_kernel<scalar_t>(grad_out, q, shapes, starts, locations, a,
-                                      ds.const_data_ptr<acc_t>(),
-                                      grad_value.mutable_data_ptr<acc_t>(),
-                                      key ? grad_key.mutable_data_ptr<acc_t>() : nullptr, s);
+    // the gathers of the forward and of pass 1 ran slower with a compile-time D (measured with
+    // bench_ops); the scatter runs faster
+    cpu::with_head_dim(s.D, [&](auto kD) {
+      backward_scatter_kernel<scalar_t, decltype(kD)::value>(
+          grad_out, q, shapes, starts, locations, a, ds.const_data_ptr<acc_t>(),
+          grad_value.mutable_data_ptr<acc_t>(), key ? grad_key.mutable_data_ptr<acc_t>() : nullptr,
+          s);
+    });
   });
   const auto dtype = value.scalar_type();
   return std::make_tuple(grad_query, grad_value.to(dtype), key ? grad_key.to(dtype) : grad_key,

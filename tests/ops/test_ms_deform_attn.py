@@ -306,11 +306,12 @@ SLICE_REGIMES = {
 @needs_compiled
 @pytest.mark.parametrize("op,with_key", OPS)
 @pytest.mark.parametrize("regime", sorted(SLICE_REGIMES))
-def test_backward_is_bitwise_deterministic_for_any_thread_count(op, with_key, regime):
+@pytest.mark.parametrize("D", [8, 32])  # 32: the kernels' compile-time channel count
+def test_backward_is_bitwise_deterministic_for_any_thread_count(op, with_key, regime, D):
     """Same inputs: bitwise the same gradients run to run and with 1, 2 or 3 threads (each slice
     of grad_value is summed by one task in query order), and the reference's gradients."""
     inp = make_inputs(
-        N=2, M=3, D=8, P=4, dtype=torch.float32, loc_range=(0.2, 0.5), **SLICE_REGIMES[regime]
+        N=2, M=3, D=D, P=4, dtype=torch.float32, loc_range=(0.2, 0.5), **SLICE_REGIMES[regime]
     )
     for t in vars(inp).values():
         t.requires_grad_(t.is_floating_point())
@@ -327,6 +328,34 @@ def test_backward_is_bitwise_deterministic_for_any_thread_count(op, with_key, re
         assert all(torch.equal(g, g0) for g, g0 in zip(other, grads))
     for g, ref_g in zip(grads, ref_grads):
         assert max_rel_err(g, ref_g) < 1e-5
+
+
+@needs_compiled
+@pytest.mark.parametrize("regime", sorted(SLICE_REGIMES))
+def test_compile_time_channel_count_gives_the_run_time_results(regime):
+    """D = 32 runs kernels compiled for exactly 32 channels; with a 33rd channel of zeros the
+    run-time-D kernels compute the same sums (plus exact zeros): bitwise the same output and
+    gradients on the first 32 channels."""
+    inp = make_inputs(
+        N=2, M=3, D=32, P=4, dtype=torch.float32, loc_range=(0.2, 0.5), **SLICE_REGIMES[regime]
+    )
+    N, S, M, _ = inp.value.shape
+    padded = torch.cat([inp.value, inp.value.new_zeros(N, S, M, 1)], -1)
+    results = []
+    for value in (inp.value, padded):
+        value = value.detach().requires_grad_()
+        loc = inp.sampling_locations.detach().requires_grad_()
+        weights = inp.attention_weights.detach().requires_grad_()
+        out = ms_deform_attn(value, inp.spatial_shapes, inp.level_start_index, loc, weights)
+        out = out.view(*out.shape[:2], M, -1)
+        grad_out = torch.randn(out.shape[:3] + (32,), generator=torch.Generator().manual_seed(1))
+        grad_out = torch.cat(
+            [grad_out, grad_out.new_zeros(out.shape[:3] + (out.shape[3] - 32,))], -1
+        )
+        grads = torch.autograd.grad(out, (value, loc, weights), grad_out)
+        results.append((out[..., :32], grads[0][..., :32], grads[1], grads[2]))
+    for fixed, run_time in zip(*results):
+        assert torch.equal(fixed, run_time)
 
 
 @needs_compiled

@@ -13,6 +13,14 @@ Steps (cumulative; "today" runs none of them, i.e. the forward before they exist
    back after them, so that the other rows run with glibc's defaults). As in a process that
    serves images, the heap is warm: that row runs each round's image twice and times the second.
 
+5. ``contiguous sampling locations``: ``ref + offset / (W, H)`` computed over the L*P*2 values of
+   a query and head laid out contiguously (``lite_detr.layers.deformable_sampling``), instead of
+   broadcasting (L, 1, 2) into (L, P, 2); the rows before it run the broadcasting expression,
+   kept here (:func:`broadcast_sampling_locations`).
+6. ``FFN in token chunks``: at inference the FFN runs 1024 tokens at a time
+   (``lite_detr.layers.FFN.inference_chunk``), so the (tokens, 2048) hidden stays in the cache
+   between its two linears; the rows before it set ``inference_chunk = 0`` (all at once).
+
 The CPU time (of all the process's threads, ``time.process_time``) grows less than the wall time
 on a loaded machine, where another process takes the cores in the middle of an op.
 
@@ -30,6 +38,7 @@ folding is not an identity.
 """
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
@@ -40,6 +49,8 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
 from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE
+from lite_detr.layers import FFN, key_aware_attention, multi_scale_deform_attn
+from lite_detr.layers.deformable_sampling import compute_sampling_locations
 from lite_detr.modeling.backbone import fold_batchnorm_at_inference
 from lite_detr.modeling.meta_arch.two_stage import has_padding
 from lite_detr.ops import compiled_ops_available
@@ -50,14 +61,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(
     ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py"
 )
-# label -> (fold, channels_last, skip the all-False padding mask)
-STEPS = {  # fold BN, channels-last, no padding mask, reuse freed memory
-    "today": (False, False, False, False),
-    "+ fold BN": (True, False, False, False),
-    "+ channels-last": (True, True, False, False),
-    "+ no padding mask": (True, True, True, False),
-    "+ reuse freed memory": (True, True, True, True),
+# label -> (fold BN, channels-last, no padding mask, reuse freed memory, contiguous locations,
+# FFN in token chunks)
+STEPS = {
+    "today": (False, False, False, False, False, False),
+    "+ fold BN": (True, False, False, False, False, False),
+    "+ channels-last": (True, True, False, False, False, False),
+    "+ no padding mask": (True, True, True, False, False, False),
+    "+ reuse freed memory": (True, True, True, True, False, False),
+    "+ contiguous sampling locations": (True, True, True, True, True, False),
+    "+ FFN in token chunks": (True, True, True, True, True, True),
 }
+# the modules that call compute_sampling_locations (each imported the name)
+_LOCATION_USERS = (key_aware_attention, multi_scale_deform_attn)
+
+
+def broadcast_sampling_locations(reference_points, sampling_offsets, spatial_shapes):
+    """The sampling locations as computed before step 5: the same values, by broadcasting."""
+    if reference_points.shape[-1] == 2:
+        normalizer = spatial_shapes.flip(-1).to(sampling_offsets.dtype)
+        return (
+            reference_points[:, :, None, :, None, :]
+            + sampling_offsets / normalizer[None, None, None, :, None, :]
+        )
+    num_points = sampling_offsets.shape[4]
+    return (
+        reference_points[:, :, None, :, None, :2]
+        + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
+    )
+
+
+@contextlib.contextmanager
+def sampling_locations(contiguous):
+    """The library's compute_sampling_locations, or (``contiguous=False``) the one before."""
+    fn = compute_sampling_locations if contiguous else broadcast_sampling_locations
+    for module in _LOCATION_USERS:
+        module.compute_sampling_locations = fn
+    try:
+        yield
+    finally:
+        for module in _LOCATION_USERS:
+            module.compute_sampling_locations = compute_sampling_locations
 
 
 def randomize_frozen_bn(model, seed=0):
@@ -155,9 +199,12 @@ def main(argv=None):
     randomize_frozen_bn(base)
     # one copy per step (same weights), so that no switch invalidates a folded-weight cache
     models = {}
-    for label, (fold, channels_last, _, _) in STEPS.items():
+    for label, (fold, channels_last, *_, chunked_ffn) in STEPS.items():
         models[label] = copy.deepcopy(base)
         fold_batchnorm_at_inference(models[label].backbone, fold, channels_last)
+        for module in models[label].modules():
+            if isinstance(module, FFN) and not chunked_ffn:
+                module.inference_chunk = 0
     del base
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, generator=g)
@@ -172,10 +219,11 @@ def main(argv=None):
     outputs, memories = {}, {}
     for i in range(args.warmup + args.runs):
         for label, model in models.items():
-            with freed_memory_reused(STEPS[label][3]) as reused:
+            steps = STEPS[label]
+            with freed_memory_reused(steps[3]) as reused, sampling_locations(steps[4]):
                 if reused:  # a process serving images keeps its heap: time the second image
-                    timers[label].run(model, inputs, STEPS[label][2])
-                times, outputs[label] = timers[label].run(model, inputs, STEPS[label][2])
+                    timers[label].run(model, inputs, steps[2])
+                times, outputs[label] = timers[label].run(model, inputs, steps[2])
             memories[label] = timers[label].memory
             if i >= args.warmup:
                 runs[label].append(times)

@@ -113,19 +113,27 @@ def compute_sampling_locations(
     Returns:
         Tensor: (N, Lq, M, L, P, 2) normalised (x, y) sampling locations.
     """
+    n, lq, m, lvl, p, _ = sampling_offsets.shape
+    flat = lvl * p * 2  # the (L, P, 2) values of one query and head, contiguous
+    offsets = sampling_offsets.reshape(n, lq, m, flat)
+
+    def per_point(t: torch.Tensor) -> torch.Tensor:
+        """(N, Lq, L, 2) -> (N, Lq, 1, L*P*2): each point's value of its level."""
+        return t[:, :, None, :, None, :].expand(n, lq, 1, lvl, p, 2).reshape(n, lq, 1, flat)
+
+    # The per-level values are laid out like the offsets first, so each operation below runs over
+    # L*P*2 contiguous values: broadcasting (L, 1, 2) into (L, P, 2) directly made them run over
+    # pairs, ~10x slower at 800x1333. The arithmetic is the same, element by element.
     if reference_points.shape[-1] == 2:
-        # loc = ref + offset / (W_l, H_l)
+        # loc = ref + offset / (W_l, H_l), in one pass (addcdiv rounds as the two operations do)
         normalizer = spatial_shapes.flip(-1).to(sampling_offsets.dtype)  # (L, 2) as (W, H)
-        return (
-            reference_points[:, :, None, :, None, :]
-            + sampling_offsets / normalizer[None, None, None, :, None, :]
-        )
-    # loc = ref.xy + offset / P * ref.wh / 2
-    num_points = sampling_offsets.shape[4]
-    return (
-        reference_points[:, :, None, :, None, :2]
-        + sampling_offsets / num_points * reference_points[:, :, None, :, None, 2:] * 0.5
-    )
+        per_value = normalizer[:, None, :].expand(lvl, p, 2).reshape(flat)
+        locations = torch.addcdiv(per_point(reference_points), offsets, per_value)
+    else:
+        # loc = ref.xy + offset / P * ref.wh / 2
+        xy, wh = per_point(reference_points[..., :2]), per_point(reference_points[..., 2:])
+        locations = xy + offsets / p * wh * 0.5
+    return locations.view(n, lq, m, lvl, p, 2)
 
 
 def project_heads(

@@ -29,3 +29,19 @@ def test_ffn_bad_arguments():
         FFN(activation="tanhh")
     with pytest.raises(ValueError, match="feedforward_dim"):
         FFN(feedforward_dim=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 5000, 16), (2, 1300, 16), (2100, 16)])
+def test_inference_in_token_chunks_gives_bitwise_the_same_output(shape):
+    """CPU inference on many tokens runs the FFN a chunk of tokens at a time (the hidden stays in
+    the cache): the same sums row by row, so bitwise the same output as all at once."""
+    torch.manual_seed(0)
+    ffn = FFN(embed_dim=16, feedforward_dim=64).eval()
+    ffn.inference_chunk = 512
+    x = torch.randn(shape)
+    with torch.no_grad():
+        chunked = ffn(x)
+        ffn.inference_chunk = 0
+        whole = ffn(x)
+    assert chunked.shape == whole.shape == x.shape
+    assert torch.equal(chunked, whole)

@@ -17,7 +17,6 @@ median; the warnings are also returned with the task's statistics.
 import argparse
 import itertools
 import logging
-import os
 import resource
 import time
 import warnings
@@ -35,7 +34,12 @@ from tqdm import tqdm  # noqa: E402
 
 from lite_detr.config import ConfigError, check_config, load_config  # noqa: E402
 from lite_detr.data import positive_int, sample_inputs  # noqa: E402
-from lite_detr.engine.cli import add_tasks_argument, run_tool  # noqa: E402
+from lite_detr.engine.cli import (  # noqa: E402
+    add_tasks_argument,
+    machine_is_busy,
+    read_load,
+    run_tool,
+)
 from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
 
 logger = logging.getLogger("lite_detr.benchmark")
@@ -52,21 +56,15 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-# a task's numbers are flagged when the machine was this busy before it, or its runs this uneven
-LOAD_PER_CORE = 0.5  # 1-minute load average per core
+# a task's numbers are flagged when the machine was busy before it (LOAD_PER_CORE, shared with
+# tools/run_demo.py), or its runs this uneven
 MAX_SPREAD = 0.2  # (max - min) / median of the timed runs
-
-
-def read_load() -> tuple[float, int]:
-    """1-minute load average and the number of cores this process may run on."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return os.getloadavg()[0], cores or 1
 
 
 def load_warnings(load: float, cores: int, stats: Dict[str, float]) -> list[str]:
     """Why the timings in ``stats`` may not be the machine's own: a busy machine, uneven runs."""
     found = []
-    if load > LOAD_PER_CORE * cores:
+    if machine_is_busy(load, cores):
         found.append(
             f"the machine was busy: load average {load:.2f} on {cores} cores before the runs; "
             "times may be several times the idle ones, rerun on an idle machine"

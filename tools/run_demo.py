@@ -39,7 +39,7 @@ from lite_detr.engine import (  # noqa: E402
     read_rgb,
     train_or_evaluate,
 )
-from lite_detr.engine.cli import run_tool  # noqa: E402
+from lite_detr.engine.cli import machine_is_busy, read_load, run_tool  # noqa: E402
 
 logger = logging.getLogger("lite_detr.run_demo")
 
@@ -146,9 +146,8 @@ def draw_predictions(cfg, weights: str, dataset: str, out_dir: str, num: int, th
 def run(args) -> Dict:
     os.makedirs(args.output_dir, exist_ok=True)
     torch.set_num_threads(args.num_threads)
-    cores = os.cpu_count() or 1
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > cores / 2:
+    load, cores = read_load()
+    if machine_is_busy(load, cores):
         logger.warning(
             f"The machine is busy (load average {load:.1f} on {cores} cores): the demo will take "
             f"longer than the README's timing, and threads that wait for a busy core slow every "
@@ -215,7 +214,7 @@ def get_parser():
     parser.add_argument("--datasets-root", default=None, help="default: $DETECTRON2_DATASETS")
     parser.add_argument("--num-vis", type=int, default=8, help="val images to draw")
     parser.add_argument("--score-threshold", type=float, default=0.3)
-    # every core (on an idle 2-core machine a step takes 0.58x the time of one thread; the
+    # every core (on an idle 2-core machine a step takes 0.56x the time of one thread; the
     # data-loader worker is ~2% of a step). Fixed, not chosen from the load, so that a machine
     # always computes the same demo; run() warns when the machine is busy.
     parser.add_argument("--num-threads", type=int, default=os.cpu_count() or 1)

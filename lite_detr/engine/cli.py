@@ -1,6 +1,7 @@
 """Command-line helpers shared by ``train_net.py`` and ``tools/``."""
 
 import argparse
+import os
 import sys
 from typing import Callable, NoReturn, Sequence, Tuple, Type, TypeVar
 
@@ -8,9 +9,33 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import ConfigError
 
-__all__ = ["add_tasks_argument", "exit_with_error", "one_line", "run_tool"]
+__all__ = [
+    "LOAD_PER_CORE",
+    "add_tasks_argument",
+    "exit_with_error",
+    "machine_is_busy",
+    "one_line",
+    "read_load",
+    "run_tool",
+]
+
+# timings (tools/benchmark.py) and the demo's duration are flagged above this 1-minute load
+# average per core
+LOAD_PER_CORE = 0.5
 
 T = TypeVar("T")
+
+
+def read_load() -> Tuple[float, int]:
+    """1-minute load average (0 where the system has none) and the cores this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return load, cores or 1
+
+
+def machine_is_busy(load: float, cores: int) -> bool:
+    """Whether other work takes enough of the cores to distort timings (above LOAD_PER_CORE)."""
+    return load > LOAD_PER_CORE * cores
 
 
 def one_line(e: BaseException) -> str:

@@ -17,6 +17,7 @@ process. Only glibc (Linux) has these switches; elsewhere this is a no-op that s
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 __all__ = ["reuse_freed_memory", "freed_memory_reused"]
@@ -30,13 +31,21 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _KEEP = 1 << 30  # do not trim the heap below 1 GiB of free memory at its top (int for mallopt)
 
 
-def _mallopt():
+@functools.cache
+def _libc():
+    """glibc, opened once; None off Linux or where the C library cannot be opened."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallopt
-    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _mallopt():
+    libc = _libc()
+    fn = getattr(libc, "mallopt", None) if libc is not None else None
+    if fn is None:  # musl and other C libraries have no mallopt
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int]
     fn.restype = ctypes.c_int
@@ -69,4 +78,4 @@ def freed_memory_reused(enabled: bool = True):
     finally:
         if applied:
             reuse_freed_memory(False)
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+            _libc().malloc_trim(0)

@@ -12,7 +12,6 @@ Steps (cumulative; "today" runs none of them, i.e. the forward before they exist
    (``lite_detr.utils.malloc``; switched on around that row's runs only, and the memory given
    back after them, so that the other rows run with glibc's defaults). As in a process that
    serves images, the heap is warm: that row runs each round's image twice and times the second.
-
 5. ``contiguous sampling locations``: ``ref + offset / (W, H)`` computed over the L*P*2 values of
    a query and head laid out contiguously (``lite_detr.layers.deformable_sampling``), instead of
    broadcasting (L, 1, 2) into (L, P, 2); the rows before it run the broadcasting expression,

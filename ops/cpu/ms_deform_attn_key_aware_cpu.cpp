@@ -403,8 +403,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
                                    locations, a, grad_query.mutable_data_ptr<scalar_t>(),
                                    grad_loc.mutable_data_ptr<scalar_t>(),
                                    ds.mutable_data_ptr<acc_t>(), s);
-    // the gathers of the forward and of pass 1 ran slower with a compile-time D (measured with
-    // bench_ops); the scatter runs faster
+    // only the scatter gets a compile-time D: the forward and pass 1 ran 10-20% slower with one
+    // (measured side by side, benchmarks/README.md), the scatter faster
     cpu::with_head_dim(s.D, [&](auto kD) {
       backward_scatter_kernel<scalar_t, decltype(kD)::value>(
           grad_out, q, shapes, starts, locations, a, ds.const_data_ptr<acc_t>(),

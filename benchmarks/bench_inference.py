@@ -19,12 +19,21 @@ Steps (cumulative; "today" runs none of them, i.e. the forward before they exist
 6. ``FFN in token chunks``: at inference the FFN runs 1024 tokens at a time
    (``lite_detr.layers.FFN.inference_chunk``), so the (tokens, 2048) hidden stays in the cache
    between its two linears; the rows before it set ``inference_chunk = 0`` (all at once).
+7. ``linears through oneDNN``: the linears over >= 1024 tokens run as oneDNN 1x1 convolutions
+   instead of MKL's GEMM (``lite_detr.layers.Linear``); the rows before it switch that off
+   (``Linear.onednn_at_inference = False`` around their runs).
+8. ``box head on the selected tokens``: the two-stage box head runs on the 900 selected tokens
+   instead of all of them (``TwoStageDetrBase.select_proposals``); the rows before it run the old
+   selection, kept here (:func:`boxes_of_every_token`).
 
 The CPU time (of all the process's threads, ``time.process_time``) grows less than the wall time
 on a loaded machine, where another process takes the cores in the middle of an op.
 
 Each row's outputs are compared with today's: the encoder memory (largest difference relative to
-its largest value) and the detections, each matched to today's detection of its class with the
+its largest value), the ranks of the two-stage selection whose proposal box differs from today's
+(proposals of equal or near-equal logits trade ranks at a rounding change, and DINO's query of
+rank q takes the q-th learned content embedding, so a swap changes those queries' detections),
+and the detections, each matched to today's detection of its class with the
 nearest box (top-k over (query, class) pairs: detections of near-equal scores may swap ranks, so
 ranks are not compared, nor the detections at the cut): the share within lite_detr.export's
 tolerances (score 1e-4, box 0.05 px) and the largest differences. Weights are random (seed 0);
@@ -42,13 +51,14 @@ import copy
 import os
 import statistics
 import time
+import types
 
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
 
 from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE
-from lite_detr.layers import FFN, key_aware_attention, multi_scale_deform_attn
+from lite_detr.layers import FFN, Linear, key_aware_attention, multi_scale_deform_attn
 from lite_detr.layers.deformable_sampling import compute_sampling_locations
 from lite_detr.modeling.backbone import fold_batchnorm_at_inference
 from lite_detr.modeling.meta_arch.two_stage import has_padding
@@ -61,15 +71,17 @@ DEFAULT_CONFIG = os.path.join(
     ROOT, "projects", "lite_dino", "configs", "models", "lite_dino_r50.py"
 )
 # label -> (fold BN, channels-last, no padding mask, reuse freed memory, contiguous locations,
-# FFN in token chunks)
+# FFN in token chunks, linears through oneDNN, box head on the selected tokens)
 STEPS = {
-    "today": (False, False, False, False, False, False),
-    "+ fold BN": (True, False, False, False, False, False),
-    "+ channels-last": (True, True, False, False, False, False),
-    "+ no padding mask": (True, True, True, False, False, False),
-    "+ reuse freed memory": (True, True, True, True, False, False),
-    "+ contiguous sampling locations": (True, True, True, True, True, False),
-    "+ FFN in token chunks": (True, True, True, True, True, True),
+    "today": (False, False, False, False, False, False, False, False),
+    "+ fold BN": (True, False, False, False, False, False, False, False),
+    "+ channels-last": (True, True, False, False, False, False, False, False),
+    "+ no padding mask": (True, True, True, False, False, False, False, False),
+    "+ reuse freed memory": (True, True, True, True, False, False, False, False),
+    "+ contiguous sampling locations": (True, True, True, True, True, False, False, False),
+    "+ FFN in token chunks": (True, True, True, True, True, True, False, False),
+    "+ linears through oneDNN": (True, True, True, True, True, True, True, False),
+    "+ box head on the selected tokens": (True, True, True, True, True, True, True, True),
 }
 # the modules that call compute_sampling_locations (each imported the name)
 _LOCATION_USERS = (key_aware_attention, multi_scale_deform_attn)
@@ -103,6 +115,24 @@ def sampling_locations(contiguous):
             module.compute_sampling_locations = compute_sampling_locations
 
 
+@contextlib.contextmanager
+def linears_through_onednn(enabled):
+    """``Linear.onednn_at_inference`` (every layer's switch) set to ``enabled`` for a block."""
+    before = Linear.onednn_at_inference
+    Linear.onednn_at_inference = enabled
+    try:
+        yield
+    finally:
+        Linear.onednn_at_inference = before
+
+
+def boxes_of_every_token(model, enc, num_queries=None):
+    """``select_proposals`` as before step 8: every token's proposal box, then the top ones."""
+    logits, coords_unsig = model.proposals(enc, num_queries)
+    num_queries = model.num_queries if num_queries is None else num_queries
+    return model.gather_proposals(logits, coords_unsig, model.top_tokens(logits, num_queries))
+
+
 def randomize_frozen_bn(model, seed=0):
     """Trained-looking FrozenBatchNorm statistics (the init's are an identity)."""
     g = torch.Generator().manual_seed(seed)
@@ -123,7 +153,7 @@ def detect(model, inputs, skip_padding_mask):
     enc = model.encode(*model.extract_features(images), padded=padded)
     content, ref_unsig, _ = model.select_queries(enc)
     logits, boxes = model.decode(enc, content, ref_unsig)
-    return model.inference(model.to_outputs(logits, boxes), images, inputs)
+    return model.inference(model.to_outputs(logits, boxes), images, inputs), ref_unsig
 
 
 class StageTimer:
@@ -135,6 +165,7 @@ class StageTimer:
         model.encoder.register_forward_pre_hook(lambda m, i: self._mark("encoder_start"))
         model.encoder.register_forward_hook(self._encoder_end)
         self.memory = None
+        self.references = None  # (1, Q, 4) the selected proposal boxes, inverse-sigmoid
 
     def _mark(self, name):
         self.marks[name] = time.perf_counter()
@@ -160,7 +191,8 @@ class StageTimer:
             "total": end - start,
             "cpu": cpu,
         }
-        return times, out[0]["instances"]
+        results, self.references = out
+        return times, results[0]["instances"]
 
 
 def compare(inst, ref):
@@ -198,12 +230,14 @@ def main(argv=None):
     randomize_frozen_bn(base)
     # one copy per step (same weights), so that no switch invalidates a folded-weight cache
     models = {}
-    for label, (fold, channels_last, *_, chunked_ffn) in STEPS.items():
+    for label, (fold, channels_last, _, _, _, chunked_ffn, _, selected_boxes) in STEPS.items():
         models[label] = copy.deepcopy(base)
         fold_batchnorm_at_inference(models[label].backbone, fold, channels_last)
         for module in models[label].modules():
             if isinstance(module, FFN) and not chunked_ffn:
                 module.inference_chunk = 0
+        if not selected_boxes:
+            models[label].select_proposals = types.MethodType(boxes_of_every_token, models[label])
     del base
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, generator=g)
@@ -215,15 +249,20 @@ def main(argv=None):
 
     timers = {label: StageTimer(model) for label, model in models.items()}
     runs = {label: [] for label in models}
-    outputs, memories = {}, {}
+    outputs, memories, references = {}, {}, {}
     for i in range(args.warmup + args.runs):
         for label, model in models.items():
             steps = STEPS[label]
-            with freed_memory_reused(steps[3]) as reused, sampling_locations(steps[4]):
+            with (
+                freed_memory_reused(steps[3]) as reused,
+                sampling_locations(steps[4]),
+                linears_through_onednn(steps[6]),
+            ):
                 if reused:  # a process serving images keeps its heap: time the second image
                     timers[label].run(model, inputs, steps[2])
                 times, outputs[label] = timers[label].run(model, inputs, steps[2])
             memories[label] = timers[label].memory
+            references[label] = timers[label].references
             if i >= args.warmup:
                 runs[label].append(times)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
@@ -235,21 +274,23 @@ def main(argv=None):
     first = next(iter(med))
     print(
         "\n| step | backbone s | encoder s | decoder s | total s | ratio to today | "
-        "ratio to previous | CPU s | CPU ratio | memory rel. diff | detections matched "
-        "| max score diff | max box diff px |"
+        "ratio to previous | CPU s | CPU ratio | memory rel. diff | ranks swapped "
+        "| detections matched | max score diff | max box diff px |"
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 14)
     prev = first
     for label in med:
         row = med[label]
         matched, score, box = compare(outputs[label], outputs[first])
         ref = memories[first]
         memory = float((memories[label] - ref).abs().max() / ref.abs().max())
+        # a proposal box moved by a rounding change differs by ~1e-6; one of another token by more
+        swapped = int(((references[label] - references[first]).abs().amax(-1) > 1e-3).sum())
         print(
             f"| {label} | {row['backbone']:.2f} | {row['encoder']:.2f} | {row['decoder']:.2f} "
             f"| {row['total']:.2f} | {row['total'] / med[first]['total']:.2f} "
             f"| {row['total'] / med[prev]['total']:.2f} | {row['cpu']:.2f} "
-            f"| {row['cpu'] / med[first]['cpu']:.2f} | {memory:.1e} | {matched:.1%} "
+            f"| {row['cpu'] / med[first]['cpu']:.2f} | {memory:.1e} | {swapped} | {matched:.1%} "
             f"| {score:.1e} | {box:.1e} |"
         )
         prev = label

@@ -1,5 +1,6 @@
 // Schemas of the lite_detr ops and the input checks shared by their CPU and CUDA kernels.
 #include "ms_deform_attn.h"
+#include "cpu/gradient_buffers.h"
 #include "sampling.h"
 
 #include <c10/util/Exception.h>
@@ -136,4 +137,6 @@ TORCH_LIBRARY(lite_detr, m) {
       "Tensor attn) -> (Tensor grad_query, Tensor grad_value, Tensor grad_key, "
       "Tensor grad_sampling_locations)",
       tags);
+  // frees the storage that the CPU backwards keep for their next grad_value / grad_key
+  m.def("release_gradient_buffers() -> ()", &lite_detr::cpu::release_gradient_buffers);
 }

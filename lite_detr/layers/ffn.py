@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .linear import Linear, eager_cpu_inference
+
 __all__ = ["FFN"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -40,10 +42,10 @@ class FFN(nn.Module):
             )
         self.embed_dim = embed_dim
         self.feedforward_dim = feedforward_dim
-        self.linear1 = nn.Linear(embed_dim, feedforward_dim)
+        self.linear1 = Linear(embed_dim, feedforward_dim)
         self.activation = _ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(feedforward_dim, embed_dim)
+        self.linear2 = Linear(feedforward_dim, embed_dim)
         # inference only: tokens per chunk, so that the (chunk, feedforward_dim) hidden stays in
         # the CPU's cache between the two linears (0: all at once); see forward()
         self.inference_chunk = 1024
@@ -58,16 +60,7 @@ class FFN(nn.Module):
         """
         chunk = self.inference_chunk
         rows = x.numel() // self.embed_dim if x.dim() > 0 else 0
-        if (
-            chunk <= 0
-            or rows < 2 * chunk
-            or x.device.type != "cpu"
-            or torch.is_grad_enabled()
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
-            or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export()
-        ):
+        if chunk <= 0 or rows < 2 * chunk or not eager_cpu_inference(x):
             return self.linear2(self.dropout(self.activation(self.linear1(x))))
         # CPU inference on many tokens (an 800x1333 encoder: 5523-22223): the same rows, computed
         # a chunk at a time, with bitwise the same results (each row's sums do not depend on the

@@ -10,6 +10,7 @@ from .ms_deform_attn import (
     compiled_ops_load_error,
     ms_deform_attn,
     ms_deform_attn_key_aware,
+    release_gradient_buffers,
 )
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "compiled_ops_available",
     "compiled_ops_load_error",
     "reference",
+    "release_gradient_buffers",
 ]
 
 register_default_flop_handles()  # plain fvcore / detectron2 FlopCountAnalysis count our ops

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/bilinear.h"
+#include "cpu/gradient_buffers.h"
 #include "ms_deform_attn.h"
 
 namespace lite_detr {
@@ -203,8 +204,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   const int64_t P = sampling_locations.size(4);
   // grad_value accumulates in the op-math type (float for half / bfloat16)
   const auto acc_type = attn_dtype(value.scalar_type());
-  // every element is written by the scatter pass
-  auto grad_value = at::empty(value.sizes(), value.options().dtype(acc_type));
+  // every element is written by the scatter pass; the storage is reused from call to call
+  auto grad_value = cpu::gradient_buffer(cpu::GradientBuffer::kValue, value.sizes(),
+                                         value.options().dtype(acc_type));
   auto grad_loc = at::zeros_like(sampling_locations);
   auto grad_weights = at::zeros_like(attention_weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "cpu/bilinear.h"
+#include "cpu/gradient_buffers.h"
 #include "ms_deform_attn.h"
 
 namespace lite_detr {
@@ -384,10 +385,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
               kBackward, ": attn must be the contiguous (N, Lq, M, L*P) ", acc_type,
               " softmax weights returned by the forward");
   auto grad_query = at::empty_like(query);
-  // every element of grad_value (and grad_key) is written by the scatter pass
-  auto grad_value = at::empty(value.sizes(), value.options().dtype(acc_type));
-  auto grad_key = key ? at::empty(value.sizes(), value.options().dtype(acc_type))
-                      : at::empty({0}, value.options());
+  // every element of grad_value (and grad_key) is written by the scatter pass; their storage is
+  // reused from call to call
+  const auto acc_options = value.options().dtype(acc_type);
+  auto grad_value =
+      cpu::gradient_buffer(cpu::GradientBuffer::kKeyAwareValue, value.sizes(), acc_options);
+  auto grad_key =
+      key ? cpu::gradient_buffer(cpu::GradientBuffer::kKeyAwareKey, value.sizes(), acc_options)
+          : at::empty({0}, value.options());
   auto grad_loc = at::zeros_like(sampling_locations);
   auto ds = at::empty_like(attn);  // logit gradients, from pass 1 to pass 2
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {

@@ -45,7 +45,7 @@ NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
 
 def get_extensions(with_cuda: bool | None = None):
     """The ``lite_detr._C`` extension; ``with_cuda`` None decides as :func:`build_with_cuda`."""
-    sources = _sources("ops/*.cpp", "ops/cpu/*.cpp")
+    sources = _sources("ops/*.cpp", "ops/cpu/*.cpp", "ops/cpu/avx2/*.cpp")
     if not sources:
         sys.exit("lite_detr: no C++ sources found under ops/; the checkout is incomplete.")
     extra_compile_args = {"cxx": list(CXX_FLAGS)}

@@ -35,6 +35,7 @@ import torch
 
 from lite_detr.ops import (
     compiled_ops_available,
+    cpu_kernels,
     ms_deform_attn,
     ms_deform_attn_key_aware,
     release_gradient_buffers,
@@ -212,7 +213,9 @@ def main():
         print(json.dumps(measure_memory(args, cases)))
         return
     print(
-        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {args.device}"
+        f"{f' ({cpu_kernels()} kernels)' if args.device == 'cpu' else ''}, "
+        f"{torch.get_num_threads()} threads, "
         f"M={M} D={D} P={P} levels={LEVELS}, "
         f"{'uniformly random' if args.random_locations else 'local'} sampling points; "
         f"times: median of {args.reps} in ms; memory: peak extra MiB"

@@ -8,6 +8,7 @@ from .flop_count import register_default_flop_handles
 from .ms_deform_attn import (
     compiled_ops_available,
     compiled_ops_load_error,
+    cpu_kernels,
     ms_deform_attn,
     ms_deform_attn_key_aware,
     release_gradient_buffers,
@@ -18,6 +19,7 @@ __all__ = [
     "ms_deform_attn_key_aware",
     "compiled_ops_available",
     "compiled_ops_load_error",
+    "cpu_kernels",
     "reference",
     "release_gradient_buffers",
 ]

@@ -20,6 +20,7 @@ __all__ = [
     "compiled_ops_available",
     "compiled_ops_load_error",
     "release_gradient_buffers",
+    "cpu_kernels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,17 @@ def release_gradient_buffers() -> None:
     """
     if _LOAD_ERROR is None and hasattr(torch.ops.lite_detr, "release_gradient_buffers"):
         torch.ops.lite_detr.release_gradient_buffers()
+
+
+def cpu_kernels() -> str | None:
+    """
+    Which build of the compiled CPU kernels runs: "avx2" (AVX2 + FMA, picked when the CPU has
+    both) or "baseline"; None without the compiled ops. The environment variable
+    LITE_DETR_CPU_KERNELS=baseline forces the baseline build (auto, the default, picks).
+    """
+    if _LOAD_ERROR is None and hasattr(torch.ops.lite_detr, "cpu_kernels"):
+        return torch.ops.lite_detr.cpu_kernels()
+    return None
 
 
 def _warn_fallback(device_type: str) -> None:

@@ -2,8 +2,8 @@
 //
 // Forward: parallel over (n, q); per head, a channel-contiguous accumulation of the weighted
 // corners. Backward: parallel over (n, m, l) slices of value, so the scatter into each slice of
-// grad_value has a single writer and runs in query order: gradients are bitwise reproducible run
-// to run and for any number of threads.
+// grad_value has a single writer and runs in one query order (cpu/query_order.h): gradients are
+// bitwise reproducible run to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -18,9 +18,22 @@
 
 #include "cpu/bilinear.h"
 #include "cpu/gradient_buffers.h"
+#include "cpu/instruction_set.h"
+#include "cpu/query_order.h"
 #include "ms_deform_attn.h"
 
+// The AVX2 build of this file (cpu/avx2/, LITE_DETR_CPU_AVX2) compiles what follows for AVX2 and
+// FMA. Every header is included above this point, so their inline functions keep the default
+// target in both builds; the kernels below live in namespace lite_detr::avx2 or ::baseline.
+#if defined(LITE_DETR_CPU_AVX2)
+#pragma GCC target("avx2,fma")
+#define LITE_DETR_CPU_NS avx2
+#else
+#define LITE_DETR_CPU_NS baseline
+#endif
+
 namespace lite_detr {
+namespace LITE_DETR_CPU_NS {
 namespace {
 
 using cpu::combine4;
@@ -31,7 +44,6 @@ using cpu::prefetch;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
 using cpu::SliceBuffer;
-using cpu::zero_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
@@ -44,6 +56,7 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : head_dim;
   const int64_t row = M * D;  // stride between tokens in value
+  const std::vector<int64_t> order = cpu::query_order(locations, shapes, starts, N, S, Lq, M, L, P);
   at::parallel_for(0, N * Lq, 16, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
     // per-task buffers, reused by every query: the accumulator, corner rows and weights
@@ -51,7 +64,8 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
     std::vector<const scalar_t*> rows(4 * LP);
     const std::vector<scalar_t> zeros(D, scalar_t(0));
     BilinearPoint<acc_t> b;
-    for (int64_t nq = begin; nq < end; ++nq) {
+    for (int64_t i_nq = begin; i_nq < end; ++i_nq) {
+      const int64_t nq = order.empty() ? i_nq : order[i_nq];
       const int64_t n = nq / Lq;
       for (int64_t m = 0; m < M; ++m) {
         const int64_t qm = nq * M + m;
@@ -96,6 +110,8 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : head_dim;
   const int64_t row = M * D;
+  const std::vector<int64_t> order = cpu::query_order(locations, shapes, starts, N, S, Lq, M, L, P);
+  cpu::zero_sparse_levels(grad_value, shapes, starts, N, S, M, D, L, Lq * P);
   at::parallel_for(0, N * M * L, 1, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
     std::vector<acc_t> g(D);
@@ -108,19 +124,19 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
       const Level lv = level_at(shapes, starts, l, S);
       const int64_t offset = ((n * S + lv.start) * M + m) * D;
       // dense slices pay off when the points touch most tokens (encoders); a sparse slice (the
-      // decoder's queries) is read and zeroed in place, which adds the same sums in the same order
+      // decoder's queries) is read and updated in place (zeroed before the tasks start), which
+      // adds the same sums in the same order
       const int64_t tokens = lv.H * lv.W;
       const bool dense = dense_slice(Lq * P, tokens);
       const int64_t stride = dense ? D : row;  // between the tokens of v and grad_v
       const scalar_t* v = dense ? value_slice.load(value + offset, tokens, row, D) : value + offset;
       acc_t* grad_v = dense ? grad_slice.reset(tokens, D) : grad_value + offset;
-      if (!dense) {
-        zero_rows(grad_v, tokens, row, D);
-      }
-      for (int64_t q = 0; q < Lq; ++q) {
-        const int64_t qm = (n * Lq + q) * M + m;
-        if (q + kAhead < Lq) {  // this slice reads one row in M * D of grad_output: prefetch it
-          const int64_t ahead = qm + kAhead * M, i = ahead * LP + l * P;
+      for (int64_t iq = 0; iq < Lq; ++iq) {
+        const int64_t qm = (order.empty() ? n * Lq + iq : order[n * Lq + iq]) * M + m;
+        if (iq + kAhead < Lq) {  // this slice reads one row in M * D of grad_output: prefetch it
+          const int64_t ahead =
+              (order.empty() ? n * Lq + iq + kAhead : order[n * Lq + iq + kAhead]) * M + m;
+          const int64_t i = ahead * LP + l * P;
           prefetch(grad_out + ahead * D, D * sizeof(scalar_t));
           prefetch(locations + 2 * i, 2 * P * sizeof(scalar_t));
           prefetch(weights + i, P * sizeof(scalar_t));
@@ -166,6 +182,8 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
     }
   });
 }
+
+}  // namespace
 
 at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                               const at::Tensor& level_start_index,
@@ -224,10 +242,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
   return std::make_tuple(grad_value.to(value.scalar_type()), grad_loc, grad_weights);
 }
 
+}  // namespace LITE_DETR_CPU_NS
+
+#if !defined(LITE_DETR_CPU_AVX2)
+#if LITE_DETR_HAVE_AVX2_KERNELS
+namespace avx2 {  // cpu/avx2/
+at::Tensor ms_deform_attn_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                              const at::Tensor& level_start_index,
+                              const at::Tensor& sampling_locations,
+                              const at::Tensor& attention_weights);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& value, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attention_weights);
+}  // namespace avx2
+#endif
+
+namespace {
+
+// The registered kernels: the AVX2 build or the baseline one, as cpu::avx2_kernels() says.
+#if LITE_DETR_HAVE_AVX2_KERNELS
+#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels() ? &avx2::f : &baseline::f)
+#else
+#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels(), &baseline::f)
+#endif
+
+at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                   const at::Tensor& attention_weights) {
+  return LITE_DETR_CPU_BUILD(ms_deform_attn_cpu)(value, spatial_shapes, level_start_index,
+                                                 sampling_locations, attention_weights);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_output,
+                                                        const at::Tensor& value,
+                                                        const at::Tensor& spatial_shapes,
+                                                        const at::Tensor& level_start_index,
+                                                        const at::Tensor& sampling_locations,
+                                                        const at::Tensor& attention_weights) {
+  return LITE_DETR_CPU_BUILD(ms_deform_attn_backward_cpu)(
+      grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+}
+#undef LITE_DETR_CPU_BUILD
+
 }  // namespace
+#endif
 }  // namespace lite_detr
 
+#if !defined(LITE_DETR_CPU_AVX2)
 TORCH_LIBRARY_IMPL(lite_detr, CPU, m) {
-  m.impl("ms_deform_attn", &lite_detr::ms_deform_attn_cpu);
-  m.impl("ms_deform_attn_backward", &lite_detr::ms_deform_attn_backward_cpu);
+  m.impl("ms_deform_attn", &lite_detr::forward);
+  m.impl("ms_deform_attn_backward", &lite_detr::backward);
 }
+#endif

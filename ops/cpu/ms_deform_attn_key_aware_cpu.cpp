@@ -11,8 +11,8 @@
 //   grad_loc_j = sum over corners of dw/dxy * (grad_v_j . V_c + grad_k_j . K_c).
 // Pass 1, parallel over (n, q), reads only: the dot products g.V_c and q.K_c of every corner give
 // ds_j, grad_loc and grad_q. Pass 2, parallel over (n, m, l) slices, scatters grad_v_j and
-// grad_k_j: one writer per grad_value / grad_key slice, query order, so the gradients are
-// bitwise reproducible run to run and for any number of threads.
+// grad_k_j: one writer per grad_value / grad_key slice, one query order (cpu/query_order.h), so
+// the gradients are bitwise reproducible run to run and for any number of threads.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -28,9 +28,22 @@
 
 #include "cpu/bilinear.h"
 #include "cpu/gradient_buffers.h"
+#include "cpu/instruction_set.h"
+#include "cpu/query_order.h"
 #include "ms_deform_attn.h"
 
+// The AVX2 build of this file (cpu/avx2/, LITE_DETR_CPU_AVX2) compiles what follows for AVX2 and
+// FMA. Every header is included above this point, so their inline functions keep the default
+// target in both builds; the kernels below live in namespace lite_detr::avx2 or ::baseline.
+#if defined(LITE_DETR_CPU_AVX2)
+#pragma GCC target("avx2,fma")
+#define LITE_DETR_CPU_NS avx2
+#else
+#define LITE_DETR_CPU_NS baseline
+#endif
+
 namespace lite_detr {
+namespace LITE_DETR_CPU_NS {
 namespace {
 
 using cpu::axpy;
@@ -42,7 +55,6 @@ using cpu::prefetch;
 using cpu::prefetch_corners;
 using cpu::prefetch_rows;
 using cpu::SliceBuffer;
-using cpu::zero_rows;
 
 constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
@@ -70,6 +82,8 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  const std::vector<int64_t> order =
+      cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
   at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
     // per-task buffers, reused by every query: the sampled values (L*P x D), one sampled key,
     // the corner rows and weights of the L*P points
@@ -77,7 +91,8 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
     std::vector<const scalar_t*> rows(4 * LP), key_rows(key ? 4 * LP : 0);
     const std::vector<scalar_t> zeros(D, scalar_t(0));
     BilinearPoint<acc_t> b;
-    for (int64_t nq = begin; nq < end; ++nq) {
+    for (int64_t i_nq = begin; i_nq < end; ++i_nq) {
+      const int64_t nq = order.empty() ? i_nq : order[i_nq];
       const int64_t n = nq / s.Lq;
       for (int64_t m = 0; m < M; ++m) {
         const int64_t qm = nq * M + m;
@@ -147,13 +162,16 @@ void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
   const scalar_t* keys = key ? key : value;  // k == v when key is None
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  const std::vector<int64_t> order =
+      cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
   at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
     // per-task buffers: g and q, the points, g.V_c and q.K_c of their corners, g.v_j
     std::vector<acc_t> g(D), q(D), grad_q(D), g_dot_c(4 * LP), q_dot_c(4 * LP), g_dot_v(LP);
     std::vector<BilinearPoint<acc_t>> points(LP);
     std::vector<char> valid(LP);
     const std::vector<scalar_t> zeros(D, scalar_t(0));
-    for (int64_t nq = begin; nq < end; ++nq) {
+    for (int64_t i_nq = begin; i_nq < end; ++i_nq) {
+      const int64_t nq = order.empty() ? i_nq : order[i_nq];
       const int64_t n = nq / s.Lq;
       for (int64_t m = 0; m < M; ++m) {
         const int64_t qm = nq * M + m;
@@ -249,6 +267,12 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = M * D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
+  cpu::zero_sparse_levels(grad_value, shapes, starts, s.N, s.S, M, D, L, s.Lq * P);
+  if (grad_key) {
+    cpu::zero_sparse_levels(grad_key, shapes, starts, s.N, s.S, M, D, L, s.Lq * P);
+  }
+  const std::vector<int64_t> order =
+      cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
   at::parallel_for(0, s.N * M * L, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(D), q(D), grad_v(D);
     std::vector<BilinearPoint<acc_t>> points(P);
@@ -259,7 +283,8 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
       const Level lv = level_at(shapes, starts, l, s.S);
       const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
       // dense slices pay off when the points touch most tokens (encoders); a sparse slice (the
-      // decoder's queries) is zeroed and scattered in place: the same sums in the same order
+      // decoder's queries) is scattered in place (zeroed before the tasks start): the same sums
+      // in the same order
       const int64_t tokens = lv.H * lv.W;
       const bool dense = dense_slice(s.Lq * P, tokens);
       const int64_t stride = dense ? D : row;  // between the tokens of grad_v_level
@@ -267,16 +292,12 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
       acc_t* grad_k_level = !grad_key ? nullptr
                             : dense   ? key_slice.reset(tokens, D)
                                       : grad_key + offset;
-      if (!dense) {
-        zero_rows(grad_v_level, tokens, row, D);
-        if (grad_key) {
-          zero_rows(grad_k_level, tokens, row, D);
-        }
-      }
       for (int64_t iq = 0; iq < s.Lq; ++iq) {
-        const int64_t qm = (n * s.Lq + iq) * M + m;
+        const int64_t qm = (order.empty() ? n * s.Lq + iq : order[n * s.Lq + iq]) * M + m;
         if (iq + kAhead < s.Lq) {  // this slice reads one row in M * D: prefetch them
-          const int64_t ahead = qm + kAhead * M, i = ahead * LP + l * P;
+          const int64_t ahead =
+              (order.empty() ? n * s.Lq + iq + kAhead : order[n * s.Lq + iq + kAhead]) * M + m;
+          const int64_t i = ahead * LP + l * P;
           prefetch(grad_out + ahead * D, D * sizeof(scalar_t));
           prefetch(query + ahead * D, D * sizeof(scalar_t));
           prefetch(locations + 2 * i, 2 * P * sizeof(scalar_t));
@@ -344,6 +365,8 @@ Sizes sizes_of(const at::Tensor& value, const at::Tensor& spatial_shapes,
           spatial_shapes.size(0),
           sampling_locations.size(4)};
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> key_aware_cpu(const at::Tensor& query, const at::Tensor& value,
                                                  const std::optional<at::Tensor>& key,
@@ -422,10 +445,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
                          grad_loc);
 }
 
+}  // namespace LITE_DETR_CPU_NS
+
+#if !defined(LITE_DETR_CPU_AVX2)
+#if LITE_DETR_HAVE_AVX2_KERNELS
+namespace avx2 {  // cpu/avx2/
+std::tuple<at::Tensor, at::Tensor> key_aware_cpu(const at::Tensor& query, const at::Tensor& value,
+                                                 const std::optional<at::Tensor>& key,
+                                                 const at::Tensor& spatial_shapes,
+                                                 const at::Tensor& level_start_index,
+                                                 const at::Tensor& sampling_locations);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cpu(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& value,
+    const std::optional<at::Tensor>& key, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attn);
+}  // namespace avx2
+#endif
+
+namespace {
+
+// The registered kernels: the AVX2 build or the baseline one, as cpu::avx2_kernels() says.
+#if LITE_DETR_HAVE_AVX2_KERNELS
+#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels() ? &avx2::f : &baseline::f)
+#else
+#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels(), &baseline::f)
+#endif
+
+std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& query, const at::Tensor& value,
+                                           const std::optional<at::Tensor>& key,
+                                           const at::Tensor& spatial_shapes,
+                                           const at::Tensor& level_start_index,
+                                           const at::Tensor& sampling_locations) {
+  return LITE_DETR_CPU_BUILD(key_aware_cpu)(query, value, key, spatial_shapes, level_start_index,
+                                            sampling_locations);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
+    const at::Tensor& grad_output, const at::Tensor& query, const at::Tensor& value,
+    const std::optional<at::Tensor>& key, const at::Tensor& spatial_shapes,
+    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+    const at::Tensor& attn) {
+  return LITE_DETR_CPU_BUILD(key_aware_backward_cpu)(grad_output, query, value, key, spatial_shapes,
+                                                     level_start_index, sampling_locations, attn);
+}
+#undef LITE_DETR_CPU_BUILD
+
 }  // namespace
+#endif
 }  // namespace lite_detr
 
+#if !defined(LITE_DETR_CPU_AVX2)
 TORCH_LIBRARY_IMPL(lite_detr, CPU, m) {
-  m.impl("ms_deform_attn_key_aware", &lite_detr::key_aware_cpu);
-  m.impl("ms_deform_attn_key_aware_backward", &lite_detr::key_aware_backward_cpu);
+  m.impl("ms_deform_attn_key_aware", &lite_detr::forward);
+  m.impl("ms_deform_attn_key_aware_backward", &lite_detr::backward);
 }
+#endif

@@ -35,15 +35,16 @@ class _QuietWhenConsumerLeaves:
     A worker hands each batch's tensors to the main process through file descriptors served by
     a thread (``multiprocessing.resource_sharer``) that reports any failure through
     ``sys.excepthook``. When the main process stops mid-transfer (Ctrl-C, SIGTERM), that thread
-    prints a ``BrokenPipeError`` traceback for a transfer nobody wants any more; the main process
-    reports the interruption itself.
+    prints a traceback for a transfer nobody wants any more: ``BrokenPipeError`` or
+    ``ConnectionResetError`` while it sends, ``EOFError`` when the main process connected and left
+    before asking for its descriptor. The main process reports the interruption itself.
     """
 
     def __init__(self, hook):
         self.hook = hook
 
     def __call__(self, exc_type, exc, tb):
-        if not issubclass(exc_type, (BrokenPipeError, ConnectionResetError)):
+        if not issubclass(exc_type, (BrokenPipeError, ConnectionResetError, EOFError)):
             self.hook(exc_type, exc, tb)
 
 

@@ -82,3 +82,18 @@ def test_worker_does_not_print_a_broken_pipe_when_the_main_process_leaves(capfd)
     err = capfd.readouterr().err
     assert "a real worker error" in err
     assert "BrokenPipeError" not in err
+
+
+@pytest.mark.parametrize(
+    "exc,shown",
+    [(BrokenPipeError, False), (ConnectionResetError, False), (EOFError, False), (ValueError, True)],
+)
+def test_worker_hides_only_the_transfers_of_a_departed_main_process(exc, shown):
+    """A loader worker's fd-sharing thread reports failures through sys.excepthook: the errors of
+    a main process that left mid-transfer (Ctrl-C) are not shown, every other error is."""
+    from lite_detr.data.resumable_loader import _QuietWhenConsumerLeaves
+
+    seen = []
+    hook = _QuietWhenConsumerLeaves(lambda *args: seen.append(args[0]))
+    hook(exc, exc(), None)
+    assert seen == ([exc] if shown else [])

@@ -86,7 +86,12 @@ def test_worker_does_not_print_a_broken_pipe_when_the_main_process_leaves(capfd)
 
 @pytest.mark.parametrize(
     "exc,shown",
-    [(BrokenPipeError, False), (ConnectionResetError, False), (EOFError, False), (ValueError, True)],
+    [
+        (BrokenPipeError, False),
+        (ConnectionResetError, False),
+        (EOFError, False),
+        (ValueError, True),
+    ],
 )
 def test_worker_hides_only_the_transfers_of_a_departed_main_process(exc, shown):
     """A loader worker's fd-sharing thread reports failures through sys.excepthook: the errors of

@@ -14,7 +14,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>  // the AVX2 build's corner loop
+#endif
 
 #include "cpu/bilinear.h"
 #include "cpu/gradient_buffers.h"
@@ -96,6 +101,33 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
   });
 }
 
+#if defined(LITE_DETR_CPU_AVX2)
+// cpu::dot_axpy at the four corners of a point, for 32 float channels (the AVX2 build's common
+// case): grad[c] += alpha[c] * g, out[c] = v[c] . g. The same operations in the same order as
+// dot_axpy (lane k of a vector is its part[k]), so the results are bitwise dot_axpy's; only the
+// four final reductions run together, as horizontal adds over the four sums at once.
+inline void dot_axpy4_32(const float* const v[4], float* const grad[4], const float* g,
+                         const float alpha[4], float out[4]) {
+  const __m256 gs[4] = {_mm256_loadu_ps(g), _mm256_loadu_ps(g + 8), _mm256_loadu_ps(g + 16),
+                        _mm256_loadu_ps(g + 24)};
+  __m128 q[4];
+  for (int c = 0; c < 4; ++c) {
+    const __m256 a = _mm256_set1_ps(alpha[c]);
+    __m256 sum = _mm256_setzero_ps();
+    for (int k = 0; k < 4; ++k) {
+      sum = _mm256_fmadd_ps(_mm256_loadu_ps(v[c] + 8 * k), gs[k], sum);
+      const __m256 updated = _mm256_fmadd_ps(a, gs[k], _mm256_loadu_ps(grad[c] + 8 * k));
+      _mm256_storeu_ps(grad[c] + 8 * k, updated);
+    }
+    // (p0 + p4, p1 + p5, p2 + p6, p3 + p7)
+    q[c] = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+  }
+  // ((p0 + p4) + (p1 + p5)) + ((p2 + p6) + (p3 + p7)) of each corner, + 0 as dot_axpy's tail
+  const __m128 sums = _mm_hadd_ps(_mm_hadd_ps(q[0], q[1]), _mm_hadd_ps(q[2], q[3]));
+  _mm_storeu_ps(out, _mm_add_ps(sums, _mm_setzero_ps()));
+}
+#endif
+
 // Backward: one task per (n, m, l) slice, since the points of level l only touch its tokens. The
 // task copies its slice of value into a dense buffer, sweeps the queries in order (grad_weights
 // and grad_loc of the level's points, and the scatter of a * w_c * grad_output into a dense
@@ -119,6 +151,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
     std::vector<char> valid(P);
     SliceBuffer<scalar_t> value_slice;
     SliceBuffer<acc_t> grad_slice;
+    // the rows that the outside corners of a point read and update (with weight 0)
+    const std::vector<scalar_t> zero_row(D, scalar_t(0));
+    std::vector<acc_t> scratch_row(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (M * L), m = task / L % M, l = task % L;
       const Level lv = level_at(shapes, starts, l, S);
@@ -160,16 +195,35 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
           const int64_t i = qm * LP + l * P + p;
           const BilinearPoint<acc_t>& b = points[p];
           const acc_t a = weights[i];
+          acc_t g_dot_v[4];  // g . V_c, with grad_v += a * w_c * g at each corner c inside
+          bool four_at_once = false;
+#if defined(LITE_DETR_CPU_AVX2)
+          if constexpr (std::is_same_v<scalar_t, float> && kD == 32) {
+            const float* rows[4];
+            float* grad_rows[4];
+            float alpha[4];
+            for (int c = 0; c < 4; ++c) {
+              const bool inside = b.token[c] >= 0;
+              rows[c] = inside ? v + b.token[c] * stride : zero_row.data();
+              grad_rows[c] = inside ? grad_v + b.token[c] * stride : scratch_row.data();
+              alpha[c] = inside ? a * b.w[c] : 0.0f;
+            }
+            dot_axpy4_32(rows, grad_rows, g.data(), alpha, g_dot_v);
+            four_at_once = true;
+          }
+#endif
           acc_t g_weight = 0, g_x = 0, g_y = 0;
           for (int c = 0; c < 4; ++c) {
             if (b.token[c] < 0) {
               continue;
             }
-            const int64_t t = b.token[c] * stride;
-            const acc_t g_dot_v = dot_axpy(v + t, grad_v + t, g.data(), a * b.w[c], D);
-            g_weight += b.w[c] * g_dot_v;
-            g_x += b.dw_dx[c] * g_dot_v;
-            g_y += b.dw_dy[c] * g_dot_v;
+            if (!four_at_once) {
+              const int64_t t = b.token[c] * stride;
+              g_dot_v[c] = dot_axpy(v + t, grad_v + t, g.data(), a * b.w[c], D);
+            }
+            g_weight += b.w[c] * g_dot_v[c];
+            g_x += b.dw_dx[c] * g_dot_v[c];
+            g_y += b.dw_dy[c] * g_dot_v[c];
           }
           grad_weights[i] = static_cast<scalar_t>(g_weight);
           grad_loc[2 * i] = static_cast<scalar_t>(a * g_x * static_cast<acc_t>(lv.W));

@@ -189,13 +189,11 @@ void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const
                           const scalar_t* key, const int64_t* shapes, const int64_t* starts,
                           const scalar_t* locations, const at::opmath_type<scalar_t>* attn,
                           scalar_t* grad_query, scalar_t* grad_loc, at::opmath_type<scalar_t>* ds,
-                          Sizes s) {
+                          const std::vector<int64_t>& order, Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * s.D;
   const scalar_t* keys = key ? key : value;  // k == v when key is None
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
-  const std::vector<int64_t> order =
-      cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
   at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
     // per-task buffers: g and q, the points, g.V_c and q.K_c of their corners, g.v_j
     std::vector<acc_t> g(D), q(D), grad_q(D), g_dot_c(4 * LP), q_dot_c(4 * LP), g_dot_v(LP);
@@ -314,7 +312,8 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
                              const at::opmath_type<scalar_t>* attn,
                              const at::opmath_type<scalar_t>* ds,
                              at::opmath_type<scalar_t>* grad_value,
-                             at::opmath_type<scalar_t>* grad_key, Sizes s) {
+                             at::opmath_type<scalar_t>* grad_key, const std::vector<int64_t>& order,
+                             Sizes s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t D = kD > 0 ? kD : s.D, M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = M * D;
   const acc_t scale = acc_t(1) / std::sqrt(static_cast<acc_t>(D));
@@ -322,8 +321,6 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
   if (grad_key) {
     cpu::zero_sparse_levels(grad_key, shapes, starts, s.N, s.S, M, D, L, s.Lq * P);
   }
-  const std::vector<int64_t> order =
-      cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
   at::parallel_for(0, s.N * M * L, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(D), q(D), grad_v(D);
     std::vector<BilinearPoint<acc_t>> points(P);
@@ -477,18 +474,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
     const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
     const scalar_t* locations = sampling_locations.const_data_ptr<scalar_t>();
     const acc_t* a = attn.const_data_ptr<acc_t>();
+    // the order of cpu/query_order.h, for both passes
+    const std::vector<int64_t> order =
+        cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
     backward_dots_kernel<scalar_t>(grad_out, q, value.const_data_ptr<scalar_t>(),
                                    key ? key->const_data_ptr<scalar_t>() : nullptr, shapes, starts,
                                    locations, a, grad_query.mutable_data_ptr<scalar_t>(),
                                    grad_loc.mutable_data_ptr<scalar_t>(),
-                                   ds.mutable_data_ptr<acc_t>(), s);
+                                   ds.mutable_data_ptr<acc_t>(), order, s);
     // only the scatter gets a compile-time D: the forward and pass 1 ran 10-20% slower with one
     // (measured side by side, benchmarks/README.md), the scatter faster
     cpu::with_head_dim(s.D, [&](auto kD) {
       backward_scatter_kernel<scalar_t, decltype(kD)::value>(
           grad_out, q, shapes, starts, locations, a, ds.const_data_ptr<acc_t>(),
           grad_value.mutable_data_ptr<acc_t>(), key ? grad_key.mutable_data_ptr<acc_t>() : nullptr,
-          s);
+          order, s);
     });
   });
   const auto dtype = value.scalar_type();

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <utility>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "sampling.h"

@@ -1,9 +1,10 @@
 // Two builds of the CPU kernels. The baseline one is compiled for the compiler's default target
 // (SSE2 on x86-64) and runs anywhere. On x86-64 with GCC the same kernel sources are compiled a
-// second time for AVX2 and FMA (ops/cpu/avx2/ includes them with LITE_DETR_CPU_AVX2 defined):
-// 8-wide fused channel loops, 15-20% faster kernels on this project's benchmark machine
-// (benchmarks/README.md, "AVX2 kernels"). Each call picks one with avx2_kernels():
-// the AVX2 build when the CPU has AVX2 and FMA, unless LITE_DETR_CPU_KERNELS says otherwise.
+// second time for AVX2 and FMA (ops/cpu/avx2/ includes them with LITE_DETR_CPU_AVX2 defined;
+// cpu/kernel_target.h switches the target): 8-wide fused channel loops, 15-20% faster kernels on
+// this project's benchmark machine (benchmarks/README.md, "AVX2 kernels"). Each call picks one
+// with avx2_kernels(): the AVX2 build when the CPU has AVX2 and FMA, unless LITE_DETR_CPU_KERNELS
+// says otherwise.
 //
 // The two builds round differently (FMA contracts a * b + c), within float tolerance of each
 // other; each is bitwise reproducible run to run and for any number of threads.
@@ -28,3 +29,11 @@ const char* kernels_name();
 
 }  // namespace cpu
 }  // namespace lite_detr
+
+// &avx2::f or &baseline::f (inside namespace lite_detr): the entry point f of the build that
+// avx2_kernels() selects; an unusable LITE_DETR_CPU_KERNELS raises its error here.
+#if LITE_DETR_HAVE_AVX2_KERNELS
+#define LITE_DETR_CPU_BUILD(f) (::lite_detr::cpu::avx2_kernels() ? &avx2::f : &baseline::f)
+#else
+#define LITE_DETR_CPU_BUILD(f) (::lite_detr::cpu::avx2_kernels(), &baseline::f)
+#endif

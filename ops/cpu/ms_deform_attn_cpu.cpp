@@ -27,15 +27,8 @@
 #include "cpu/query_order.h"
 #include "ms_deform_attn.h"
 
-// The AVX2 build of this file (cpu/avx2/, LITE_DETR_CPU_AVX2) compiles what follows for AVX2 and
-// FMA. Every header is included above this point, so their inline functions keep the default
-// target in both builds; the kernels below live in namespace lite_detr::avx2 or ::baseline.
-#if defined(LITE_DETR_CPU_AVX2)
-#pragma GCC target("avx2,fma")
-#define LITE_DETR_CPU_NS avx2
-#else
-#define LITE_DETR_CPU_NS baseline
-#endif
+// last: the AVX2 build compiles what follows for AVX2 (namespace LITE_DETR_CPU_NS)
+#include "cpu/kernel_target.h"
 
 namespace lite_detr {
 namespace LITE_DETR_CPU_NS {
@@ -314,13 +307,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn_backward_cpu(
 
 namespace {
 
-// The registered kernels: the AVX2 build or the baseline one, as cpu::avx2_kernels() says.
-#if LITE_DETR_HAVE_AVX2_KERNELS
-#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels() ? &avx2::f : &baseline::f)
-#else
-#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels(), &baseline::f)
-#endif
-
 at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes,
                    const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                    const at::Tensor& attention_weights) {
@@ -337,7 +323,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad_o
   return LITE_DETR_CPU_BUILD(ms_deform_attn_backward_cpu)(
       grad_output, value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
 }
-#undef LITE_DETR_CPU_BUILD
 
 }  // namespace
 #endif

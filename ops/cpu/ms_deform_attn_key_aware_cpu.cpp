@@ -37,15 +37,8 @@
 #include "cpu/query_order.h"
 #include "ms_deform_attn.h"
 
-// The AVX2 build of this file (cpu/avx2/, LITE_DETR_CPU_AVX2) compiles what follows for AVX2 and
-// FMA. Every header is included above this point, so their inline functions keep the default
-// target in both builds; the kernels below live in namespace lite_detr::avx2 or ::baseline.
-#if defined(LITE_DETR_CPU_AVX2)
-#pragma GCC target("avx2,fma")
-#define LITE_DETR_CPU_NS avx2
-#else
-#define LITE_DETR_CPU_NS baseline
-#endif
+// last: the AVX2 build compiles what follows for AVX2 (namespace LITE_DETR_CPU_NS)
+#include "cpu/kernel_target.h"
 
 namespace lite_detr {
 namespace LITE_DETR_CPU_NS {
@@ -516,13 +509,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
 
 namespace {
 
-// The registered kernels: the AVX2 build or the baseline one, as cpu::avx2_kernels() says.
-#if LITE_DETR_HAVE_AVX2_KERNELS
-#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels() ? &avx2::f : &baseline::f)
-#else
-#define LITE_DETR_CPU_BUILD(f) (cpu::avx2_kernels(), &baseline::f)
-#endif
-
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& query, const at::Tensor& value,
                                            const std::optional<at::Tensor>& key,
                                            const at::Tensor& spatial_shapes,
@@ -540,7 +526,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
   return LITE_DETR_CPU_BUILD(key_aware_backward_cpu)(grad_output, query, value, key, spatial_shapes,
                                                      level_start_index, sampling_locations, attn);
 }
-#undef LITE_DETR_CPU_BUILD
 
 }  // namespace
 #endif

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -72,10 +73,16 @@ inline void prefetch_corners(const BilinearPoint<acc_t>& b, const t* level, int6
   }
 }
 
-// Copies the D channels of one row; a loop the compiler unrolls when D is known at compile time
-// (a call to memmove per row cost 8% of the backward).
+// Copies the D channels of one row. For 32 channels the copy has a size known at compile time,
+// which the compiler expands into a few vector moves; a copy loop of run-time length becomes a
+// call to memmove per row (GCC turns such loops into library calls), which cost 8-11% of the
+// backwards of the decoder and the 25% encoder in `perf`.
 template <typename T>
 inline void copy_row(const T* __restrict__ src, T* __restrict__ dst, int64_t D) {
+  if (D == 32) {
+    std::memcpy(dst, src, 32 * sizeof(T));
+    return;
+  }
   for (int64_t d = 0; d < D; ++d) {
     dst[d] = src[d];
   }

@@ -13,6 +13,10 @@
 // ds_j, grad_loc and grad_q. Pass 2, parallel over (n, m, l) slices, scatters grad_v_j and
 // grad_k_j: one writer per grad_value / grad_key slice, one query order (cpu/query_order.h), so
 // the gradients are bitwise reproducible run to run and for any number of threads.
+//
+// The AVX2 build has its own forward and pass 1 for 32 float channels with k == v (every Lite DETR
+// layer here): the samples and their dot products four points at a time, sums kept in registers,
+// and a pass 1 that needs one dot product per corner instead of two (backward_dots_kernel_32).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -73,6 +77,185 @@ inline void gather(acc_t* dst, const scalar_t* level, const BilinearPoint<acc_t>
   combine4<false>(dst, rows, w, D);
 }
 
+#if defined(LITE_DETR_CPU_AVX2)
+// The sum of the 8 lanes of each of x[0..3], in dot()'s order: ((p0 + p4) + (p1 + p5)) + ((p2 +
+// p6) + (p3 + p7)), + 0 as dot()'s tail.
+inline void reduce4(const __m256 x[4], float out[4]) {
+  __m128 h[4];
+  for (int c = 0; c < 4; ++c) {  // (p0 + p4, p1 + p5, p2 + p6, p3 + p7)
+    h[c] = _mm_add_ps(_mm256_castps256_ps128(x[c]), _mm256_extractf128_ps(x[c], 1));
+  }
+  const __m128 sums = _mm_hadd_ps(_mm_hadd_ps(h[0], h[1]), _mm_hadd_ps(h[2], h[3]));
+  _mm_storeu_ps(out, _mm_add_ps(sums, _mm_setzero_ps()));
+}
+
+// The samples v_j = sum_c w_c V_c of the LP points (into v, 32 floats each) and their logits q.v_j,
+// for 32 float channels and k == v (the AVX2 build's common case): combine4() and dot() in
+// registers, the final reductions of four points at once. Also gives g.v_j, with g for q.
+inline void samples_and_logits_32(const float* const* rows, const float* w, const float* q,
+                                  int64_t LP, float* v, float* logits) {
+  const __m256 qs[4] = {_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), _mm256_loadu_ps(q + 16),
+                        _mm256_loadu_ps(q + 24)};
+  for (int64_t j0 = 0; j0 < LP; j0 += 4) {
+    __m256 dots[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                      _mm256_setzero_ps()};
+    const int64_t count = std::min<int64_t>(4, LP - j0);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t j = j0 + i;
+      const float* const* r = rows + 4 * j;
+      const __m256 w0 = _mm256_set1_ps(w[4 * j]), w1 = _mm256_set1_ps(w[4 * j + 1]);
+      const __m256 w2 = _mm256_set1_ps(w[4 * j + 2]), w3 = _mm256_set1_ps(w[4 * j + 3]);
+      for (int k = 0; k < 4; ++k) {
+        __m256 x = _mm256_mul_ps(w0, _mm256_loadu_ps(r[0] + 8 * k));
+        x = _mm256_fmadd_ps(w1, _mm256_loadu_ps(r[1] + 8 * k), x);
+        x = _mm256_fmadd_ps(w2, _mm256_loadu_ps(r[2] + 8 * k), x);
+        x = _mm256_fmadd_ps(w3, _mm256_loadu_ps(r[3] + 8 * k), x);
+        _mm256_storeu_ps(v + 32 * j + 8 * k, x);
+        dots[i] = _mm256_fmadd_ps(x, qs[k], dots[i]);
+      }
+    }
+    float out[4];
+    reduce4(dots, out);
+    std::copy(out, out + count, logits + j0);
+  }
+}
+
+// out = sum_j a_j v_j over the LP samples of samples_and_logits_32(), summed in registers (axpy()
+// from zero, in j order).
+inline void weighted_sum_32(const float* v, const float* a, int64_t LP, float* out) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  for (int64_t j = 0; j < LP; ++j) {
+    const __m256 aj = _mm256_set1_ps(a[j]);
+    for (int k = 0; k < 4; ++k) {
+      acc[k] = _mm256_fmadd_ps(aj, _mm256_loadu_ps(v + 32 * j + 8 * k), acc[k]);
+    }
+  }
+  for (int k = 0; k < 4; ++k) {
+    _mm256_storeu_ps(out + 8 * k, acc[k]);
+  }
+}
+
+// Backward, pass 1, for 32 float channels and k == v (the AVX2 build's common case): the same
+// quantities as backward_dots_kernel() from fewer operations, rounded differently. Per (query,
+// head), with u_j = a_j g + ds_j scale q, the gradient of the shared sample v_j:
+//   the samples v_j and g.v_j, four reductions at once (samples_and_logits_32() with g for q);
+//   ds_j = a_j (g.v_j - g.out) with g.out = sum_j a_j g.v_j;
+//   grad_q = scale sum_j ds_j v_j, summed in registers (weighted_sum_32());
+//   per corner u_j.V_c, whose dw/dx- and dw/dy-weighted sums are grad_loc.
+// That is one dot product per corner and one per point, where the generic pass takes g.V_c and
+// q.K_c at every corner and then sums ds_j w_c K_c over the corners again for grad_q.
+void backward_dots_kernel_32(const float* grad_out, const float* query, const float* value,
+                             const int64_t* shapes, const int64_t* starts, const float* locations,
+                             const float* attn, float* grad_query, float* grad_loc, float* ds,
+                             const std::vector<int64_t>& order, Sizes s) {
+  constexpr int64_t D = 32;
+  const int64_t M = s.M, L = s.L, P = s.P, LP = s.L * s.P, row = s.M * D;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
+    // per-task buffers: the corner rows and weights of the L*P points, their samples and g.v_j
+    std::vector<float> w(4 * LP), v(LP * D), g_dot_v(LP), grad_xy(2 * LP);
+    std::vector<const float*> rows(4 * LP);
+    std::vector<BilinearPoint<float>> points(LP);
+    std::vector<char> valid(LP);
+    const std::vector<float> zeros(D, 0.0f);
+    for (int64_t i_nq = begin; i_nq < end; ++i_nq) {
+      const int64_t nq = order.empty() ? i_nq : order[i_nq];
+      const int64_t n = nq / s.Lq;
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t qm = nq * M + m;
+        const float* a = attn + qm * LP;
+        const float* g = grad_out + qm * D;
+        // corners of every point first, with prefetches, so the reads below overlap; a point
+        // outside the map reads zeros with weight 0 (v_j = 0)
+        for (int64_t l = 0; l < L; ++l) {
+          const Level lv = level_at(shapes, starts, l, s.S);
+          const int64_t offset = ((n * s.S + lv.start) * M + m) * D;
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            BilinearPoint<float>& b = points[j];
+            valid[j] = bilinear_setup<float>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, b);
+            if (!valid[j]) {
+              b.token[0] = b.token[1] = b.token[2] = b.token[3] = -1;
+            }
+            corner_rows<float>(b, value + offset, row, zeros.data(), 1.0f, &rows[4 * j], &w[4 * j]);
+            prefetch_rows(&rows[4 * j], D * sizeof(float));
+          }
+        }
+        samples_and_logits_32(rows.data(), w.data(), g, LP, v.data(), g_dot_v.data());
+        float g_dot_out = 0;
+        for (int64_t j = 0; j < LP; ++j) {
+          g_dot_v[j] = valid[j] ? g_dot_v[j] : 0.0f;  // exactly 0, even for a non-finite g
+          g_dot_out += a[j] * g_dot_v[j];
+        }
+        float* ds_q = ds + qm * LP;
+        for (int64_t j = 0; j < LP; ++j) {
+          ds_q[j] = a[j] * (g_dot_v[j] - g_dot_out);
+        }
+        // grad_q = scale sum_j ds_j v_j (points outside the map have v_j = 0: no term)
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        for (int64_t j = 0; j < LP; ++j) {
+          if (valid[j]) {
+            const __m256 dsj = _mm256_set1_ps(ds_q[j]);
+            for (int k = 0; k < 4; ++k) {
+              acc[k] = _mm256_fmadd_ps(dsj, _mm256_loadu_ps(&v[32 * j + 8 * k]), acc[k]);
+            }
+          }
+        }
+        const __m256 scale8 = _mm256_set1_ps(scale);
+        __m256 g8[4], q8[4];
+        for (int k = 0; k < 4; ++k) {
+          _mm256_storeu_ps(grad_query + qm * D + 8 * k, _mm256_mul_ps(acc[k], scale8));
+          g8[k] = _mm256_loadu_ps(g + 8 * k);
+          q8[k] = _mm256_loadu_ps(query + qm * D + 8 * k);
+        }
+        // grad_loc: u_j . V_c at the corners, weighted by dw/dx and dw/dy
+        for (int64_t j = 0; j < LP; ++j) {
+          if (!valid[j]) {
+            continue;  // grad_loc stays zero
+          }
+          const __m256 aj = _mm256_set1_ps(a[j]), dk = _mm256_set1_ps(ds_q[j] * scale);
+          __m256 u[4];
+          for (int k = 0; k < 4; ++k) {
+            u[k] = _mm256_fmadd_ps(dk, q8[k], _mm256_mul_ps(aj, g8[k]));
+          }
+          __m256 dots[4];
+          for (int c = 0; c < 4; ++c) {
+            const float* r = rows[4 * j + c];
+            dots[c] = _mm256_mul_ps(u[0], _mm256_loadu_ps(r));
+            for (int k = 1; k < 4; ++k) {
+              dots[c] = _mm256_fmadd_ps(u[k], _mm256_loadu_ps(r + 8 * k), dots[c]);
+            }
+          }
+          float u_dot_c[4];
+          reduce4(dots, u_dot_c);
+          const BilinearPoint<float>& b = points[j];
+          float g_x = 0, g_y = 0;
+          for (int c = 0; c < 4; ++c) {
+            const float d = b.token[c] >= 0 ? u_dot_c[c] : 0.0f;  // 0 outside the map
+            g_x += b.dw_dx[c] * d;
+            g_y += b.dw_dy[c] * d;
+          }
+          grad_xy[2 * j] = g_x;
+          grad_xy[2 * j + 1] = g_y;
+        }
+        for (int64_t l = 0; l < L; ++l) {
+          const Level lv = level_at(shapes, starts, l, s.S);
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t j = l * P + p, i = qm * LP + j;
+            if (valid[j]) {
+              grad_loc[2 * i] = grad_xy[2 * j] * static_cast<float>(lv.W);
+              grad_loc[2 * i + 1] = grad_xy[2 * j + 1] * static_cast<float>(lv.H);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+#endif
+
 template <typename scalar_t>
 void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t* key,
                     const int64_t* shapes, const int64_t* starts, const scalar_t* locations,
@@ -118,7 +301,16 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
             }
           }
         }
-        for (int64_t j = 0; j < LP; ++j) {
+        bool fast = false;  // the AVX2 build's path for 32 float channels and k == v
+#if defined(LITE_DETR_CPU_AVX2)
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          fast = D == 32 && !key;
+          if (fast) {
+            samples_and_logits_32(rows.data(), w.data(), q.data(), LP, v.data(), logits.data());
+          }
+        }
+#endif
+        for (int64_t j = 0; j < LP && !fast; ++j) {
           acc_t* vj = v.data() + j * D;
           combine4<false>(vj, &rows[4 * j], &w[4 * j], D);
           if (key) {
@@ -134,11 +326,21 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
           logits[j] = std::exp(logits[j] - max);
           sum += logits[j];
         }
+        acc_t* a = attn + qm * LP;
+        for (int64_t j = 0; j < LP; ++j) {
+          a[j] = logits[j] / sum;
+        }
+#if defined(LITE_DETR_CPU_AVX2)
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (fast) {
+            weighted_sum_32(v.data(), a, LP, out + qm * D);
+            continue;
+          }
+        }
+#endif
         std::fill(acc.begin(), acc.end(), acc_t(0));
         for (int64_t j = 0; j < LP; ++j) {
-          const acc_t a = logits[j] / sum;
-          attn[qm * LP + j] = a;
-          axpy(acc.data(), v.data() + j * D, a, D);
+          axpy(acc.data(), v.data() + j * D, a[j], D);
         }
         for (int64_t d = 0; d < D; ++d) {
           out[qm * D + d] = static_cast<scalar_t>(acc[d]);
@@ -470,11 +672,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
     // the order of cpu/query_order.h, for both passes
     const std::vector<int64_t> order =
         cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
-    backward_dots_kernel<scalar_t>(grad_out, q, value.const_data_ptr<scalar_t>(),
-                                   key ? key->const_data_ptr<scalar_t>() : nullptr, shapes, starts,
-                                   locations, a, grad_query.mutable_data_ptr<scalar_t>(),
-                                   grad_loc.mutable_data_ptr<scalar_t>(),
-                                   ds.mutable_data_ptr<acc_t>(), order, s);
+    // pass 1: the AVX2 build's kernel for 32 float channels and k == v, else the generic one
+    bool pass1_done = false;
+#if defined(LITE_DETR_CPU_AVX2)
+    if (std::is_same_v<scalar_t, float> && s.D == 32 && !key) {
+      // (the casts change nothing: scalar_t and acc_t are float here)
+      backward_dots_kernel_32(
+          reinterpret_cast<const float*>(grad_out), reinterpret_cast<const float*>(q),
+          value.const_data_ptr<float>(), shapes, starts, reinterpret_cast<const float*>(locations),
+          reinterpret_cast<const float*>(a), grad_query.mutable_data_ptr<float>(),
+          grad_loc.mutable_data_ptr<float>(), ds.mutable_data_ptr<float>(), order, s);
+      pass1_done = true;
+    }
+#endif
+    if (!pass1_done) {
+      backward_dots_kernel<scalar_t>(grad_out, q, value.const_data_ptr<scalar_t>(),
+                                     key ? key->const_data_ptr<scalar_t>() : nullptr, shapes,
+                                     starts, locations, a, grad_query.mutable_data_ptr<scalar_t>(),
+                                     grad_loc.mutable_data_ptr<scalar_t>(),
+                                     ds.mutable_data_ptr<acc_t>(), order, s);
+    }
     // only the scatter gets a compile-time D: the forward and pass 1 ran 10-20% slower with one
     // (measured side by side, benchmarks/README.md), the scatter faster
     cpu::with_head_dim(s.D, [&](auto kD) {

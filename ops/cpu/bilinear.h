@@ -7,6 +7,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -113,6 +116,23 @@ class SliceBuffer {
   void copy_to(T* dst, int64_t row, int64_t D) const {
     const int64_t tokens = static_cast<int64_t>(data_.size()) / D;
     const T* src = data_.data();
+#if defined(__SSE2__)
+    // rows of whole 64-byte cache lines (float, a multiple of 16 channels, aligned) go out with
+    // streaming stores: the lines are written without first being read (a plain copy reads every
+    // line of grad_value that it writes), and they do not push the slices still being worked on
+    // out of the caches
+    if constexpr (std::is_same_v<T, float>) {
+      if (D % 16 == 0 && row % 16 == 0 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t d = 0; d < D; d += 4) {
+            _mm_stream_ps(dst + t * row + d, _mm_loadu_ps(src + t * D + d));
+          }
+        }
+        _mm_sfence();  // before another thread reads grad_value
+        return;
+      }
+    }
+#endif
     for (int64_t t = 0; t < tokens; ++t) {
       copy_row(src + t * D, dst + t * row, D);
     }

@@ -46,6 +46,7 @@ using cpu::SliceBuffer;
 constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
 constexpr int64_t kAhead = 8;  // queries between a prefetch and the use of its rows
+constexpr int64_t kLead = 4;   // queries between a corner prefetch and the corner's use
 
 template <typename scalar_t, int64_t kD>
 void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
@@ -140,8 +141,9 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
   at::parallel_for(0, N * M * L, 1, [&](int64_t begin, int64_t end) {
     const int64_t LP = L * P;
     std::vector<acc_t> g(D);
-    std::vector<BilinearPoint<acc_t>> points(P);
-    std::vector<char> valid(P);
+    // the points of the queries from iq to iq + kLead, in a ring
+    std::vector<BilinearPoint<acc_t>> ring((kLead + 1) * P);
+    std::vector<char> ring_valid((kLead + 1) * P);
     SliceBuffer<scalar_t> value_slice;
     SliceBuffer<acc_t> grad_slice;
     // the rows that the outside corners of a point read and update (with weight 0)
@@ -169,15 +171,25 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
           prefetch(locations + 2 * i, 2 * P * sizeof(scalar_t));
           prefetch(weights + i, P * sizeof(scalar_t));
         }
-        for (int64_t p = 0; p < P; ++p) {
-          const int64_t i = qm * LP + l * P + p;
-          valid[p] =
-              bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, points[p]);
-          if (valid[p]) {
-            prefetch_corners(points[p], v, stride, D);
-            prefetch_corners<true>(points[p], grad_v, stride, D);
+        // set up the points of query iq + kLead (at first, of every query up to it) and ask for
+        // their corner rows: a decoder's corners lie anywhere in a large level, and a prefetch
+        // issued just before their use came too late
+        for (int64_t iq2 = iq == 0 ? 0 : iq + kLead; iq2 <= iq + kLead && iq2 < Lq; ++iq2) {
+          const int64_t qm2 = (order.empty() ? n * Lq + iq2 : order[n * Lq + iq2]) * M + m;
+          BilinearPoint<acc_t>* b = &ring[iq2 % (kLead + 1) * P];
+          char* inside = &ring_valid[iq2 % (kLead + 1) * P];
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = qm2 * LP + l * P + p;
+            inside[p] =
+                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, b[p]);
+            if (inside[p]) {
+              prefetch_corners(b[p], v, stride, D);
+              prefetch_corners<true>(b[p], grad_v, stride, D);
+            }
           }
         }
+        const BilinearPoint<acc_t>* points = &ring[iq % (kLead + 1) * P];
+        const char* valid = &ring_valid[iq % (kLead + 1) * P];
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
         }

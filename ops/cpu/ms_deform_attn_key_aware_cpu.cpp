@@ -61,6 +61,7 @@ using cpu::SliceBuffer;
 constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
 constexpr int64_t kAhead = 8;  // queries between a prefetch and the use of its rows
+constexpr int64_t kLead = 4;   // queries between a scatter's corner prefetch and its update
 
 struct Sizes {
   int64_t N, S, M, D, Lq, L, P;
@@ -244,10 +245,9 @@ void backward_dots_kernel_32(const float* grad_out, const float* query, const fl
           const Level lv = level_at(shapes, starts, l, s.S);
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            if (valid[j]) {
-              grad_loc[2 * i] = grad_xy[2 * j] * static_cast<float>(lv.W);
-              grad_loc[2 * i + 1] = grad_xy[2 * j + 1] * static_cast<float>(lv.H);
-            }
+            // every element is written: grad_loc is not zeroed first
+            grad_loc[2 * i] = valid[j] ? grad_xy[2 * j] * static_cast<float>(lv.W) : 0.0f;
+            grad_loc[2 * i + 1] = valid[j] ? grad_xy[2 * j + 1] * static_cast<float>(lv.H) : 0.0f;
           }
         }
       }
@@ -518,8 +518,9 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
   }
   at::parallel_for(0, s.N * M * L, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(D), q(D), grad_v(D);
-    std::vector<BilinearPoint<acc_t>> points(P);
-    std::vector<char> valid(P);
+    // the points of the queries from iq to iq + kLead, in a ring
+    std::vector<BilinearPoint<acc_t>> ring((kLead + 1) * P);
+    std::vector<char> ring_valid((kLead + 1) * P);
     SliceBuffer<acc_t> value_slice, key_slice;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t n = task / (M * L), m = task / L % M, l = task % L;
@@ -547,17 +548,27 @@ void backward_scatter_kernel(const scalar_t* grad_out, const scalar_t* query, co
           prefetch(attn + i, P * sizeof(acc_t));
           prefetch(ds + i, P * sizeof(acc_t));
         }
-        for (int64_t p = 0; p < P; ++p) {
-          const int64_t i = qm * LP + l * P + p;
-          valid[p] =
-              bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, points[p]);
-          if (valid[p]) {
-            prefetch_corners<true>(points[p], grad_v_level, stride, D);
-            if (grad_key) {
-              prefetch_corners<true>(points[p], grad_k_level, stride, D);
+        // set up the points of query iq + kLead (at first, of every query up to it) and ask for
+        // their corner rows: a decoder's corners lie anywhere in a large level, and a prefetch
+        // issued just before the update came too late
+        for (int64_t iq2 = iq == 0 ? 0 : iq + kLead; iq2 <= iq + kLead && iq2 < s.Lq; ++iq2) {
+          const int64_t qm2 = (order.empty() ? n * s.Lq + iq2 : order[n * s.Lq + iq2]) * M + m;
+          BilinearPoint<acc_t>* b = &ring[iq2 % (kLead + 1) * P];
+          char* inside = &ring_valid[iq2 % (kLead + 1) * P];
+          for (int64_t p = 0; p < P; ++p) {
+            const int64_t i = qm2 * LP + l * P + p;
+            inside[p] =
+                bilinear_setup<acc_t>(locations[2 * i], locations[2 * i + 1], lv.H, lv.W, b[p]);
+            if (inside[p]) {
+              prefetch_corners<true>(b[p], grad_v_level, stride, D);
+              if (grad_key) {
+                prefetch_corners<true>(b[p], grad_k_level, stride, D);
+              }
             }
           }
         }
+        const BilinearPoint<acc_t>* points = &ring[iq % (kLead + 1) * P];
+        const char* valid = &ring_valid[iq % (kLead + 1) * P];
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);
           q[d] = static_cast<acc_t>(query[qm * D + d]);
@@ -659,7 +670,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
   auto grad_key =
       key ? cpu::gradient_buffer(cpu::GradientBuffer::kKeyAwareKey, value.sizes(), acc_options)
           : at::empty({0}, value.options());
-  auto grad_loc = at::zeros_like(sampling_locations);
+  // pass 1: the AVX2 build's kernel for 32 float channels and k == v (it writes every element of
+  // grad_loc), else the generic one
+#if defined(LITE_DETR_CPU_AVX2)
+  const bool pass1_32 = value.scalar_type() == at::kFloat && s.D == 32 && !key;
+#else
+  const bool pass1_32 = false;
+#endif
+  auto grad_loc =
+      pass1_32 ? at::empty_like(sampling_locations) : at::zeros_like(sampling_locations);
   auto ds = at::empty_like(attn);  // logit gradients, from pass 1 to pass 2
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), kBackward, [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -672,20 +691,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> key_aware_backward_cp
     // the order of cpu/query_order.h, for both passes
     const std::vector<int64_t> order =
         cpu::query_order(locations, shapes, starts, s.N, s.S, s.Lq, s.M, s.L, s.P);
-    // pass 1: the AVX2 build's kernel for 32 float channels and k == v, else the generic one
-    bool pass1_done = false;
 #if defined(LITE_DETR_CPU_AVX2)
-    if (std::is_same_v<scalar_t, float> && s.D == 32 && !key) {
+    if (pass1_32) {
       // (the casts change nothing: scalar_t and acc_t are float here)
       backward_dots_kernel_32(
           reinterpret_cast<const float*>(grad_out), reinterpret_cast<const float*>(q),
           value.const_data_ptr<float>(), shapes, starts, reinterpret_cast<const float*>(locations),
           reinterpret_cast<const float*>(a), grad_query.mutable_data_ptr<float>(),
           grad_loc.mutable_data_ptr<float>(), ds.mutable_data_ptr<float>(), order, s);
-      pass1_done = true;
     }
 #endif
-    if (!pass1_done) {
+    if (!pass1_32) {
       backward_dots_kernel<scalar_t>(grad_out, q, value.const_data_ptr<scalar_t>(),
                                      key ? key->const_data_ptr<scalar_t>() : nullptr, shapes,
                                      starts, locations, a, grad_query.mutable_data_ptr<scalar_t>(),

@@ -152,3 +152,30 @@ def test_query_order_changes_no_query_result(op, with_key):
             assert torch.equal(s_g, g[:, perm])
         else:  # value, key: summed over the queries in another order
             assert max_rel_err(s_g, g) < 1e-5
+
+
+@pytest.mark.parametrize("op,with_key", OPS)
+def test_32_channel_kernels_with_points_outside_the_map(op, with_key):
+    """The AVX2 build has kernels of its own for 32 float channels (the key-aware forward and
+    first backward pass when the keys are the values, the standard forward): points wholly
+    outside a map, on its border (some corners outside) and NaN / Inf coordinates give the
+    reference's outputs and gradients, and zero gradient for the points that contribute nothing."""
+    inp = make_inputs(N=2, M=3, D=32, P=4, dtype=torch.float32, Lq=7, shapes=((6, 9), (3, 5)))
+    with torch.no_grad():
+        loc = inp.sampling_locations  # (N, Lq, M, L, P, 2)
+        loc[0, 0, 0, 0, 0] = torch.tensor([1.7, 0.5])  # outside: no corner inside
+        loc[0, 1, 1, 1, 2] = torch.tensor([-0.05, 0.98])  # on the border: some corners inside
+        loc[1, 2, 2, 0, 3] = torch.tensor([float("nan"), 0.5])
+        loc[1, 3, 0, 1, 1] = torch.tensor([0.5, float("inf")])
+        loc[1, 4, 1] = 2.5  # every point of one head outside
+    for t in vars(inp).values():
+        t.requires_grad_(t.is_floating_point())
+    (out, grads), (ref_out, ref_grads) = run_both(inp, op, with_key)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert max_rel_err(out, ref_out) < 1e-5
+    for g, ref_g in zip(grads, ref_grads):
+        assert max_rel_err(g, ref_g) < 1e-5
+    grad_loc = grads[1] if op == "standard" else grads[2]
+    for index in ((0, 0, 0, 0, 0), (1, 2, 2, 0, 3), (1, 3, 0, 1, 1), (1, 4, 1)):
+        assert grad_loc[index].abs().max() == 0
+    assert grad_loc[0, 1, 1, 1, 2].abs().max() > 0  # the border point still has a gradient

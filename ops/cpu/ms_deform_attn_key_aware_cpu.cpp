@@ -121,9 +121,9 @@ inline void samples_and_logits_32(const float* const* rows, const float* w, cons
   }
 }
 
-// out = sum_j a_j v_j over the LP samples of samples_and_logits_32(), summed in registers (axpy()
-// from zero, in j order).
-inline void weighted_sum_32(const float* v, const float* a, int64_t LP, float* out) {
+// out = scale * sum_j a_j v_j over the LP samples of samples_and_logits_32(), summed in registers
+// (axpy() from zero, in j order; a scale of 1 changes nothing).
+inline void weighted_sum_32(const float* v, const float* a, int64_t LP, float scale, float* out) {
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
   for (int64_t j = 0; j < LP; ++j) {
@@ -132,8 +132,9 @@ inline void weighted_sum_32(const float* v, const float* a, int64_t LP, float* o
       acc[k] = _mm256_fmadd_ps(aj, _mm256_loadu_ps(v + 32 * j + 8 * k), acc[k]);
     }
   }
+  const __m256 scale8 = _mm256_set1_ps(scale);
   for (int k = 0; k < 4; ++k) {
-    _mm256_storeu_ps(out + 8 * k, acc[k]);
+    _mm256_storeu_ps(out + 8 * k, _mm256_mul_ps(acc[k], scale8));
   }
 }
 
@@ -142,7 +143,7 @@ inline void weighted_sum_32(const float* v, const float* a, int64_t LP, float* o
 // head), with u_j = a_j g + ds_j scale q, the gradient of the shared sample v_j:
 //   the samples v_j and g.v_j, four reductions at once (samples_and_logits_32() with g for q);
 //   ds_j = a_j (g.v_j - g.out) with g.out = sum_j a_j g.v_j;
-//   grad_q = scale sum_j ds_j v_j, summed in registers (weighted_sum_32());
+//   grad_q = scale sum_j ds_j v_j, summed in registers (weighted_sum_32() with ds for a);
 //   per corner u_j.V_c, whose dw/dx- and dw/dy-weighted sums are grad_loc.
 // That is one dot product per corner and one per point, where the generic pass takes g.V_c and
 // q.K_c at every corner and then sums ds_j w_c K_c over the corners again for grad_q.
@@ -155,7 +156,7 @@ void backward_dots_kernel_32(const float* grad_out, const float* query, const fl
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   at::parallel_for(0, s.N * s.Lq, 8, [&](int64_t begin, int64_t end) {
     // per-task buffers: the corner rows and weights of the L*P points, their samples and g.v_j
-    std::vector<float> w(4 * LP), v(LP * D), g_dot_v(LP), grad_xy(2 * LP);
+    std::vector<float> w(4 * LP), v(LP * D), g_dot_v(LP);
     std::vector<const float*> rows(4 * LP);
     std::vector<BilinearPoint<float>> points(LP);
     std::vector<char> valid(LP);
@@ -193,61 +194,47 @@ void backward_dots_kernel_32(const float* grad_out, const float* query, const fl
         for (int64_t j = 0; j < LP; ++j) {
           ds_q[j] = a[j] * (g_dot_v[j] - g_dot_out);
         }
-        // grad_q = scale sum_j ds_j v_j (points outside the map have v_j = 0: no term)
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                         _mm256_setzero_ps()};
-        for (int64_t j = 0; j < LP; ++j) {
-          if (valid[j]) {
-            const __m256 dsj = _mm256_set1_ps(ds_q[j]);
-            for (int k = 0; k < 4; ++k) {
-              acc[k] = _mm256_fmadd_ps(dsj, _mm256_loadu_ps(&v[32 * j + 8 * k]), acc[k]);
-            }
-          }
-        }
-        const __m256 scale8 = _mm256_set1_ps(scale);
+        // grad_q = scale sum_j ds_j v_j (a point outside the map has v_j = 0 and adds nothing)
+        weighted_sum_32(v.data(), ds_q, LP, scale, grad_query + qm * D);
         __m256 g8[4], q8[4];
         for (int k = 0; k < 4; ++k) {
-          _mm256_storeu_ps(grad_query + qm * D + 8 * k, _mm256_mul_ps(acc[k], scale8));
           g8[k] = _mm256_loadu_ps(g + 8 * k);
           q8[k] = _mm256_loadu_ps(query + qm * D + 8 * k);
         }
-        // grad_loc: u_j . V_c at the corners, weighted by dw/dx and dw/dy
-        for (int64_t j = 0; j < LP; ++j) {
-          if (!valid[j]) {
-            continue;  // grad_loc stays zero
-          }
-          const __m256 aj = _mm256_set1_ps(a[j]), dk = _mm256_set1_ps(ds_q[j] * scale);
-          __m256 u[4];
-          for (int k = 0; k < 4; ++k) {
-            u[k] = _mm256_fmadd_ps(dk, q8[k], _mm256_mul_ps(aj, g8[k]));
-          }
-          __m256 dots[4];
-          for (int c = 0; c < 4; ++c) {
-            const float* r = rows[4 * j + c];
-            dots[c] = _mm256_mul_ps(u[0], _mm256_loadu_ps(r));
-            for (int k = 1; k < 4; ++k) {
-              dots[c] = _mm256_fmadd_ps(u[k], _mm256_loadu_ps(r + 8 * k), dots[c]);
-            }
-          }
-          float u_dot_c[4];
-          reduce4(dots, u_dot_c);
-          const BilinearPoint<float>& b = points[j];
-          float g_x = 0, g_y = 0;
-          for (int c = 0; c < 4; ++c) {
-            const float d = b.token[c] >= 0 ? u_dot_c[c] : 0.0f;  // 0 outside the map
-            g_x += b.dw_dx[c] * d;
-            g_y += b.dw_dy[c] * d;
-          }
-          grad_xy[2 * j] = g_x;
-          grad_xy[2 * j + 1] = g_y;
-        }
+        // grad_loc: u_j . V_c at the corners, weighted by dw/dx and dw/dy; every element is
+        // written (grad_loc is not zeroed first), 0 for the points outside the map
         for (int64_t l = 0; l < L; ++l) {
           const Level lv = level_at(shapes, starts, l, s.S);
           for (int64_t p = 0; p < P; ++p) {
             const int64_t j = l * P + p, i = qm * LP + j;
-            // every element is written: grad_loc is not zeroed first
-            grad_loc[2 * i] = valid[j] ? grad_xy[2 * j] * static_cast<float>(lv.W) : 0.0f;
-            grad_loc[2 * i + 1] = valid[j] ? grad_xy[2 * j + 1] * static_cast<float>(lv.H) : 0.0f;
+            if (!valid[j]) {
+              grad_loc[2 * i] = grad_loc[2 * i + 1] = 0.0f;
+              continue;
+            }
+            const __m256 aj = _mm256_set1_ps(a[j]), dk = _mm256_set1_ps(ds_q[j] * scale);
+            __m256 u[4];
+            for (int k = 0; k < 4; ++k) {
+              u[k] = _mm256_fmadd_ps(dk, q8[k], _mm256_mul_ps(aj, g8[k]));
+            }
+            __m256 dots[4];
+            for (int c = 0; c < 4; ++c) {
+              const float* r = rows[4 * j + c];
+              dots[c] = _mm256_mul_ps(u[0], _mm256_loadu_ps(r));
+              for (int k = 1; k < 4; ++k) {
+                dots[c] = _mm256_fmadd_ps(u[k], _mm256_loadu_ps(r + 8 * k), dots[c]);
+              }
+            }
+            float u_dot_c[4];
+            reduce4(dots, u_dot_c);
+            const BilinearPoint<float>& b = points[j];
+            float g_x = 0, g_y = 0;
+            for (int c = 0; c < 4; ++c) {
+              const float d = b.token[c] >= 0 ? u_dot_c[c] : 0.0f;  // 0 outside the map
+              g_x += b.dw_dx[c] * d;
+              g_y += b.dw_dy[c] * d;
+            }
+            grad_loc[2 * i] = g_x * static_cast<float>(lv.W);
+            grad_loc[2 * i + 1] = g_y * static_cast<float>(lv.H);
           }
         }
       }
@@ -333,7 +320,7 @@ void forward_kernel(const scalar_t* query, const scalar_t* value, const scalar_t
 #if defined(LITE_DETR_CPU_AVX2)
         if constexpr (std::is_same_v<scalar_t, float>) {
           if (fast) {
-            weighted_sum_32(v.data(), a, LP, out + qm * D);
+            weighted_sum_32(v.data(), a, LP, 1.0f, out + qm * D);
             continue;
           }
         }

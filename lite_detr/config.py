@@ -25,7 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointError, VariantMismatchError
 
-__all__ = ["ConfigError", "check_config", "config_error_on_bad_checkpoint", "load_config"]
+__all__ = [
+    "ConfigError",
+    "check_config",
+    "check_device",
+    "config_error_on_bad_checkpoint",
+    "load_config",
+]
 
 logger = logging.getLogger("detectron2")
 
@@ -43,6 +49,9 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
     detectron2's ``apply_overrides`` silently adds a key that does not exist, so a typo
     (``train.max_iters=10``) trains with the default. Here a key must exist, or name an argument
     that the LazyCall node's target accepts (``model.foo=1`` for ``L(Model)(...)`` with ``foo``).
+    A ``model.*`` override must also have the type of the value it replaces (the config's, or the
+    argument's default): the model's constructors would otherwise fail deep inside with an
+    unrelated message (``model.embed_dim=abc``).
     """
     if not config_file:
         raise ConfigError("No config given: pass --config-file path/to/config.py.")
@@ -59,10 +68,14 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
         if "=" not in override:
             raise ConfigError(f"Override {override!r} is not of the form key=value.")
         _check_override_key(cfg, override.split("=", 1)[0].lstrip("+~"))
+    model_keys = [o.split("=", 1)[0] for o in overrides or [] if o.startswith("model.")]
+    replaced = {key: _current_value(cfg, key) for key in model_keys}
     try:
         cfg = LazyConfig.apply_overrides(cfg, overrides or [])
     except Exception as e:  # hydra's parser errors have no common base class
         raise ConfigError(f"Cannot apply overrides {overrides}: {e}") from e
+    for key, old in replaced.items():
+        _check_override_type(key, old, OmegaConf.select(cfg, key, default=None))
     from .data import DatasetError, fill_num_classes, register_config_datasets
 
     try:
@@ -149,6 +162,56 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
         )
 
 
+def _current_value(cfg: DictConfig, key: str):
+    """The value ``key`` has before an override: the config's, or the default of the LazyCall
+    target's argument; ``_MISSING`` when neither is known."""
+    try:
+        value = OmegaConf.select(cfg, key, default=_MISSING)
+    except Exception:  # an interpolation that does not resolve: nothing to compare with
+        return _MISSING
+    if value is not _MISSING:
+        return value
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None)
+    if not OmegaConf.is_dict(node) or "_target_" not in node:
+        return _MISSING
+    target = node["_target_"]
+    try:
+        param = inspect.signature(target if callable(target) else locate(target)).parameters[name]
+    except (TypeError, ValueError, ImportError, KeyError):
+        return _MISSING
+    return _MISSING if param.default is param.empty else param.default
+
+
+def _check_override_type(key: str, old, new) -> None:
+    """Refuse an override whose value is not of the type of the number or flag it replaces
+    (None stays allowed: optional arguments take it)."""
+    if new is None or old is _MISSING:
+        return
+    if isinstance(old, bool):
+        ok, what = isinstance(new, bool), "True or False"
+    elif isinstance(old, int):
+        ok, what = isinstance(new, int) and not isinstance(new, bool), "an integer"
+    elif isinstance(old, float):
+        ok, what = isinstance(new, (int, float)) and not isinstance(new, bool), "a number"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"{key} must be {what} (the config has {old!r}), got {new!r}.")
+
+
+def check_device(device) -> None:
+    """Raise :class:`ConfigError` unless ``device`` (``train.device``) is "cpu", "cuda" or
+    "cuda:N"."""
+    name = str(device)
+    try:
+        ok = torch.device(name).type in ("cpu", "cuda")
+    except (RuntimeError, ValueError):  # torch's parser: "Expected one of cpu, cuda, ..."
+        ok = False
+    if not ok:
+        raise ConfigError(f"train.device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+
+
 def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
     """
     Fail fast, before ``default_setup`` writes into the output directory, on a config that
@@ -164,9 +227,9 @@ def check_config(cfg: DictConfig, eval_only: bool = False) -> None:
             raise ConfigError(f"The config has no {key!r} node (see configs/common/train.py).")
     _check_values(cfg, eval_only)
     _check_datasets_root()
+    _check_output_dir(cfg)
     device = str(cfg.train.get("device", "cuda"))
-    if device.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device must be 'cpu' or 'cuda', got {device!r}.")
+    check_device(device)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"train.device={device!r} but no CUDA GPU is available: add train.device=cpu."
@@ -262,6 +325,20 @@ def _check_values(cfg: DictConfig, eval_only: bool) -> None:
             )
     _check_number(cfg, "dataloader.test.num_workers", int, 0)
     _check_number(cfg, "model.num_classes", int, 1, optional=True)  # null: from the dataset
+
+
+def _check_output_dir(cfg: DictConfig) -> None:
+    """``train.output_dir`` (or a folder above it) must not be a file: it is created there."""
+    out = str(cfg.train.get("output_dir", "") or ".")
+    path = os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        what = "is a file" if path == os.path.abspath(out) else f"is inside {path}, a file"
+        raise ConfigError(
+            f"train.output_dir={out!r} {what}, not a folder: choose another train.output_dir "
+            "(the run's checkpoints and logs are written into that folder)."
+        )
 
 
 def _check_datasets_root() -> None:

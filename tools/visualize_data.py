@@ -24,12 +24,12 @@ warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureW
 import numpy as np  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.data import detection_utils as utils  # noqa: E402
 from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from lite_detr.config import ConfigError, load_config  # noqa: E402
 from lite_detr.data import DatasetError, dataset_names, prepare_datasets  # noqa: E402
+from lite_detr.engine import read_rgb  # noqa: E402
 from lite_detr.engine.cli import run_tool  # noqa: E402
 
 
@@ -48,6 +48,8 @@ def _draw_transformed(batch, metadata, image_format: str):
 
 def visualize(cfg, output: str, split: str = "train", num_images: int = 20, transformed=False):
     """Draw ``num_images`` images of ``dataloader.<split>``; return the written paths."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output!r} is a file: pass a folder (it is created).")
     try:
         prepare_datasets(cfg, (split,), skip_bad_images=cfg.train.get("skip_bad_images", False))
     except DatasetError as e:
@@ -67,7 +69,7 @@ def visualize(cfg, output: str, split: str = "train", num_images: int = 20, tran
         if transformed:
             drawn = _draw_transformed(mapper(d), metadata, fmt)
         else:
-            image = utils.read_image(d["file_name"], format="RGB")
+            image = read_rgb(d["file_name"])
             drawn = Visualizer(image, metadata).draw_dataset_dict(d)
         path = os.path.join(output, os.path.splitext(os.path.basename(d["file_name"]))[0] + ".png")
         drawn.save(path)

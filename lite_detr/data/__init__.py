@@ -22,6 +22,7 @@ from .datasets.shapes import (
     register_shapes,
     shapes_dataset_dir,
 )
+from .image_io import read_image
 from .resumable_loader import ResumableTrainLoader
 from .sample_inputs import positive_int, sample_inputs
 
@@ -43,6 +44,7 @@ __all__ = [
     "generate_shapes_dataset",
     "register_shapes",
     "shapes_dataset_dir",
+    "read_image",
     "ResumableTrainLoader",
     "positive_int",
     "sample_inputs",

@@ -10,6 +10,8 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
+from .image_io import read_image
+
 __all__ = ["DetrDatasetMapper", "build_detr_augmentation", "build_resize_augmentation"]
 
 logger = logging.getLogger(__name__)
@@ -159,7 +161,7 @@ class DetrDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)
         file_name = dataset_dict["file_name"]
         try:
-            image = utils.read_image(file_name, format=self.image_format)
+            image = read_image(file_name, format=self.image_format)
         except Exception as e:
             raise OSError(
                 f"Cannot read image {file_name!r} ({type(e).__name__}: {e}). "

@@ -21,6 +21,8 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
+from ..config import check_device
+
 __all__ = ["DistributedLaunchError", "check_launch", "launch_checked"]
 
 
@@ -38,8 +40,10 @@ def _launch_supports_cpu() -> bool:
 def check_launch(device: str, num_gpus: int, num_machines: int = 1) -> None:
     """
     Raise :class:`DistributedLaunchError` when ``num_gpus`` processes per machine on ``device``
-    ("cpu" or "cuda") cannot be started.
+    ("cpu" or "cuda") cannot be started; :class:`~lite_detr.config.ConfigError` for a device
+    that is neither.
     """
+    check_device(device)
     if num_gpus < 1 or num_machines < 1:
         raise DistributedLaunchError(
             f"--num-gpus ({num_gpus}) and --num-machines ({num_machines}) must be >= 1."

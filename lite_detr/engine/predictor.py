@@ -8,10 +8,10 @@ import torch
 from detectron2.config import instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 
 from ..checkpoint import LiteDetrCheckpointer
 from ..config import ConfigError, config_error_on_bad_checkpoint
+from ..data.image_io import read_image
 
 __all__ = ["Predictor", "read_rgb"]
 
@@ -64,9 +64,9 @@ class Predictor:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Read an image as RGB uint8 HWC with its EXIF orientation applied (as detectron2's data
-    loading does for training and evaluation); a :class:`~lite_detr.config.ConfigError` naming
-    the file for an unreadable one."""
+    """Read an image as RGB uint8 HWC with its EXIF orientation applied and 16-bit images scaled
+    to 8 bits (:func:`lite_detr.data.read_image`, the reader of training and evaluation); a
+    :class:`~lite_detr.config.ConfigError` naming the file for an unreadable or damaged one."""
     try:
         return read_image(path, format="RGB")
     except Exception as e:  # PIL raises many types for a file that is not an image

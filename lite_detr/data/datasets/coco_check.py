@@ -206,11 +206,26 @@ def checked_coco_annotations(json_file: str):
     return data, thing_classes, id_map, images
 
 
-def _exif_transposed(im) -> bool:
+def _exif_orientation(im) -> int:
     try:
-        return im.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+        return int(im.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # broken EXIF block: detectron2 ignores it too
-        return False
+        return 1
+
+
+def _png_damaged(path: str) -> Optional[str]:
+    """What is wrong with a PNG's data, or None: its chunk checksums are checked and it is
+    decoded (the compressed data of a PNG can break without touching its header or IEND)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        with Image.open(path) as im:
+            im.load()
+    except Exception as e:  # PIL reports bad chunks as SyntaxError, struct.error, OSError
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _tail_ok(path: str, fmt: Optional[str]) -> bool:
@@ -238,11 +253,14 @@ def _decodes(path: str) -> bool:
 
 def check_image_file(path: str, width: int, height: int) -> Optional[str]:
     """
-    Problem with one image file, or None: missing, not an image, truncated, or of another size
-    than its annotation says (after EXIF rotation, as detectron2 reads it).
+    Problem with one image file, or None: missing, not an image, truncated, damaged (a PNG that
+    does not decode), or of another size than its annotation says (after EXIF rotation, as
+    detectron2 reads it).
 
-    Only the header and the end of the file are read (the whole image only when its end marker is
-    missing), so thousands of images take seconds.
+    JPEGs are not decoded (their decoder passes over damaged data): the header and the end of
+    the file are read, the whole image only when its end marker is missing; PNGs are decoded.
+    Thousands of images take seconds. The training reader (:func:`lite_detr.data.read_image`)
+    decodes every image completely and raises for damage this check does not find.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -252,7 +270,8 @@ def check_image_file(path: str, width: int, height: int) -> Optional[str]:
         with Image.open(path) as im:
             w, h = im.size
             fmt = im.format
-            if _exif_transposed(im):
+            orientation = _exif_orientation(im)
+            if orientation in (5, 6, 7, 8):  # a quarter turn: width and height swap
                 w, h = h, w
     except UnidentifiedImageError:
         return "is not an image file PIL can read"
@@ -260,7 +279,18 @@ def check_image_file(path: str, width: int, height: int) -> Optional[str]:
         return f"cannot be read ({e})"
     if not _tail_ok(path, fmt) and not _decodes(path):  # some cameras append data after the end
         return f"is truncated (its {fmt} end marker is missing and it does not decode)"
+    damage = _png_damaged(path) if fmt == "PNG" else None
+    if damage is not None:
+        return f"is a damaged PNG ({damage}): export or copy it again"
     if (w, h) != (width, height):
+        if orientation in (5, 6, 7, 8) and (h, w) == (width, height):
+            return (
+                f"has EXIF orientation {orientation} (a quarter turn), so it is read as {w}x{h} "
+                f"pixels, but its annotation says width={width}, height={height} (the stored, "
+                f"unrotated size): set width={w}, height={h} in the json if its boxes are on the "
+                "rotated picture (as viewers show it), or remove the image's EXIF orientation "
+                "tag (e.g. exiftool -Orientation= FILE) if they are on the stored pixels"
+            )
         return f"is {w}x{h} pixels but its annotation says width={width}, height={height}"
     return None
 

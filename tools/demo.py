@@ -7,8 +7,8 @@ Run a trained model on images, a folder or a video; write visualised predictions
 
 Images give ``out/<name>.png`` (detectron2 ``Visualizer``), videos ``out/<name>.mp4`` (needs
 OpenCV); all detections (boxes XYXY in input pixels, score, class) go to ``out/results.json``.
-Images are read with their EXIF orientation applied; an unreadable image is skipped with a
-warning.
+Images are read with their EXIF orientation applied (16-bit images scaled to 8 bits); an
+unreadable image or video is skipped with a warning and the other inputs' results are saved.
 """
 
 import argparse
@@ -28,7 +28,7 @@ from detectron2.utils.visualizer import Visualizer  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lite_detr.config import ConfigError, load_config  # noqa: E402
+from lite_detr.config import ConfigError, check_device, load_config  # noqa: E402
 from lite_detr.engine import Predictor, read_rgb  # noqa: E402
 from lite_detr.engine.cli import run_tool  # noqa: E402
 from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
@@ -101,13 +101,17 @@ def _run_video(predictor, path: str, out_dir: str, threshold: float, class_names
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
         raise ConfigError(f"Cannot open video {path!r}: pass a readable video file.")
+    ok, first = cap.read()
+    if not ok:
+        cap.release()
+        raise ConfigError(f"Cannot read a frame of video {path!r}: pass a readable video file.")
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     out_path = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".mp4")
     tmp_path = temporary_path(out_path) + ".mp4"  # OpenCV picks the container by extension
     writer, frames = None, []
     for idx in tqdm(range(n) if n else iter(int, 1), desc=os.path.basename(path), total=n):
-        ok, bgr = cap.read()
+        ok, bgr = (True, first) if idx == 0 else cap.read()
         if not ok:
             break
         rgb = bgr[:, :, ::-1]
@@ -135,10 +139,10 @@ def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.
     os.makedirs(output, exist_ok=True)
     results, skipped = [], []
     for path in tqdm(files, desc="demo"):
-        if path.lower().endswith(VIDEO_EXTS):
-            results.extend(_run_video(predictor, path, output, threshold, class_names))
-            continue
         try:
+            if path.lower().endswith(VIDEO_EXTS):
+                results.extend(_run_video(predictor, path, output, threshold, class_names))
+                continue
             rgb = read_rgb(path)
         except ConfigError as e:  # one bad file must not cost the results of the others
             logger.warning(f"Skipped: {e}")
@@ -158,7 +162,7 @@ def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.
     with atomic_write(os.path.join(output, "results.json")) as f:
         json.dump(results, f, indent=1)
     if skipped:
-        logger.warning(f"{len(skipped)} unreadable image(s) skipped (see the warnings above).")
+        logger.warning(f"{len(skipped)} unreadable input(s) skipped (see the warnings above).")
     return results
 
 
@@ -181,6 +185,7 @@ def main(argv=None):
 def _main(args):
     reuse_freed_memory()  # large CPU tensors: reuse freed blocks (lite_detr/utils/malloc.py)
     cfg = load_config(args.config_file, args.opts)
+    check_device(cfg.train.device)
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         # training configs default to cuda; inference runs anywhere
         logger.warning("No CUDA GPU: running the demo on the CPU.")

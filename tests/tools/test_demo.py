@@ -161,3 +161,32 @@ def test_out_of_memory_while_loading_weights_is_not_reported_as_bad_input(
     with pytest.raises(RuntimeError, match="out of memory") as e:  # its traceback, no SystemExit
         demo.main(_demo_argv(tmp_path, weights, tools_data))
     assert not isinstance(e.value, ConfigError)
+
+
+def test_demo_skips_a_broken_video_and_saves_the_images_results(tmp_path, weights, tools_data):
+    # issue 25, item 2: one broken video among good images costs only that video
+    demo = load_tool("demo")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    out = tmp_path / "out"
+    cfg = load_config(SHAPES_CFG, TINY + tools_data)
+    results = demo.run(cfg, weights, [str(folder)], str(out), threshold=0.0)
+    assert [os.path.basename(r["file_name"]) for r in results] == ["a.jpg", "b.png"]
+    with open(out / "results.json") as f:
+        assert [os.path.basename(r["file_name"]) for r in json.load(f)] == ["a.jpg", "b.png"]
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "results.json"]
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
+    # issue 25, item 4: a 16-bit grayscale PNG read as OpenCV reads it, not clipped to all-255
+    ramp = (np.arange(48 * 64, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "depth16.png")
+    rgb = read_rgb(str(tmp_path / "depth16.png"))
+    assert rgb.shape == (48, 64, 3) and rgb.dtype == np.uint8
+    expected = (ramp >> 8).astype(np.uint8)
+    assert all(np.array_equal(rgb[..., c], expected) for c in range(3))
+    assert rgb.min() == 0 and rgb.max() == expected.max() > 200  # a ramp, not a blank picture

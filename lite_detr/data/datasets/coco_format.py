@@ -15,12 +15,13 @@ name, whoever registered them, and takes ``model.num_classes`` and the class nam
 
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from .coco_check import DatasetError, check_coco_json
 from .coco_json import load_coco_detection_json
+from .shapes import check_shapes_dataset
 
 __all__ = [
     "register_coco_format",
@@ -125,15 +126,22 @@ def _skip_images(name: str, bad: List) -> None:
     )
 
 
-def _classes_of(name: str, check_images: bool, skip_bad_images: bool) -> Optional[List[str]]:
+def _classes_of(
+    name: str, check_images: bool, skip_bad_images: bool, boxes: Dict[str, Tuple[str, int, int]]
+) -> Optional[List[str]]:
+    """The class names of dataset ``name`` (checked); its (json, images, boxes) counts go into
+    ``boxes`` when its json was read."""
     from detectron2.data import MetadataCatalog
 
     meta = MetadataCatalog.get(name)
     json_file, image_root = meta.get("json_file"), meta.get("image_root")
     if not check_images and meta.get("thing_classes") and not os.path.isfile(json_file or ""):
         return meta.get("thing_classes")  # inference needs the names only (e.g. COCO's)
+    if check_images and meta.get("shapes_generation") is not None:
+        check_shapes_dataset(meta.dataset_dir, **meta.shapes_generation)
     if json_file and image_root and not meta.get("generate_on_first_use", False):
         summary = check_coco_json(json_file, image_root, check_images, skip_bad_images)
+        boxes[name] = (json_file, summary.num_images, summary.num_annotations)
         if meta.get("thing_classes") is None:  # e.g. register_coco_instances(name, {}, ...)
             meta.thing_classes = summary.thing_classes
             meta.thing_dataset_id_to_contiguous_id = summary.id_map
@@ -163,6 +171,8 @@ def prepare_datasets(
       go into the metadata when it has none (evaluation and ``tools/demo.py`` use them).
     * ``model.num_classes: null`` becomes the number of classes of the first split; a number
       that disagrees with it is an error, as are splits with different classes.
+    * Training datasets whose json files hold no annotations at all are an error (nothing to
+      train on).
 
     Args:
         cfg: the LazyConfig (modified: ``model.num_classes`` may be filled in).
@@ -177,16 +187,29 @@ def prepare_datasets(
 
     register_config_datasets(cfg)
     classes: Dict[str, List[str]] = {}
+    boxes: Dict[str, Tuple[str, int, int]] = {}
     registered = set(DatasetCatalog.list())
     for split in splits:
         loader = cfg.get("dataloader", {}).get(split)
-        for name in dataset_names(loader) if loader is not None else []:
+        names = dataset_names(loader) if loader is not None else []
+        for name in names:
             if name not in registered:
                 raise DatasetError(unregistered_message(cfg, name, split))
             if name not in classes:
-                found = _classes_of(name, check_images, skip_bad_images)
+                found = _classes_of(name, check_images, skip_bad_images, boxes)
                 if found is not None:
                     classes[name] = list(found)
+        counted = [boxes[n] for n in names if n in boxes]
+        no_boxes = counted and len(counted) == len(names) and sum(c[2] for c in counted) == 0
+        if split == "train" and no_boxes:
+            # detectron2's loader would drop every image and assert "No valid data found"
+            files = ", ".join(
+                f"{json_file} ({num_images} images)" for json_file, num_images, _ in counted
+            )
+            raise DatasetError(
+                f"dataloader.train has nothing to train on: {files} holds no annotations. Add "
+                "boxes to its 'annotations' list, or name an annotated json for training."
+            )
     model = cfg.get("model")
     num_classes = model.get("num_classes", 0) if OmegaConf.is_dict(model) else 0
     if not classes:

@@ -9,7 +9,8 @@ Images are JPEG, annotations COCO json, so the standard COCO tooling (pycocotool
 Generation is deterministic (fixed seed) and atomic: it writes into a temporary folder under
 the same parent, writes ``MANIFEST.json`` last and renames the folder into place. A folder
 without a matching manifest (an interrupted or older generation) is never used: it is moved
-aside, removed and regenerated; temporary folders of killed generations are removed.
+aside, removed and regenerated; temporary folders of killed generations are removed. A complete
+folder whose annotation files were changed afterwards is refused with "delete it to regenerate".
 """
 
 import json
@@ -25,10 +26,13 @@ from PIL import Image, ImageDraw
 
 from lite_detr.utils import publish_folder, remove_stale_temporaries, temporary_path
 
+from .coco_check import DatasetError, checked_coco_annotations
 from .coco_json import load_coco_detection_json
 
 __all__ = [
     "SHAPES_CLASSES",
+    "LOCK_TIMEOUT_S",
+    "check_shapes_dataset",
     "generate_shapes_dataset",
     "ensure_shapes_dataset",
     "register_shapes",
@@ -40,6 +44,9 @@ logger = logging.getLogger(__name__)
 SHAPES_CLASSES = ["circle", "rectangle", "triangle", "star"]
 _FORMAT_VERSION = 1
 _MANIFEST = "MANIFEST.json"
+# how long a process waits for another one that generates the same dataset (the default
+# 2000 + 200 images take about a minute on one core)
+LOCK_TIMEOUT_S = 1800.0
 
 
 def shapes_dataset_dir(name: str = "shapes", root: Optional[str] = None) -> str:
@@ -241,6 +248,63 @@ def _is_complete(out_dir: str, num_train: int, num_val: int, image_size: int, se
         return False
 
 
+def _datasets_variable() -> str:
+    env = os.environ.get("DETECTRON2_DATASETS")
+    return f" ($DETECTRON2_DATASETS={env!r})" if env else ""
+
+
+def _lock_path(out_dir: str) -> str:
+    """The lock file that serialises the generation of ``out_dir``, created if it is missing;
+    ``OSError`` naming ``$DETECTRON2_DATASETS`` where it cannot be (a read-only folder, /proc),
+    instead of a lock that waits forever."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    path = os.path.join(parent, f".{os.path.basename(out_dir)}.lock")
+    try:
+        os.makedirs(parent, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o666))
+    except OSError as e:
+        raise OSError(
+            f"Cannot generate the shapes dataset in {out_dir}: cannot create {path}"
+            f"{_datasets_variable()}: {e.strerror}. Point $DETECTRON2_DATASETS at a writable "
+            "folder (or unset it to use ./datasets)."
+        ) from e
+    return path
+
+
+def _damaged_message(out_dir: str, e: DatasetError) -> str:
+    first = str(e).split(". ")[0].rstrip(".")
+    return (
+        f"The shapes dataset in {out_dir} was changed after it was generated ({first}). "
+        f"Regenerate it: delete {out_dir} (the next run generates it again)."
+    )
+
+
+def check_shapes_dataset(
+    out_dir: str,
+    num_train: int = 2000,
+    num_val: int = 200,
+    image_size: int = 320,
+    seed: int = 0,
+) -> None:
+    """
+    What the first use of the dataset would fail on, without generating it: a complete folder
+    whose annotation files were changed afterwards, or, where it must be generated, a datasets
+    folder in which the generation cannot take its lock. Raises :class:`DatasetError`.
+    """
+    if _is_complete(out_dir, num_train, num_val, image_size, seed):
+        for split in ("train", "val"):
+            json_file = os.path.join(out_dir, "annotations", f"instances_{split}.json")
+            try:
+                checked_coco_annotations(json_file)
+            except DatasetError as e:
+                raise DatasetError(_damaged_message(out_dir, e)) from e
+        return
+    try:
+        _lock_path(out_dir)
+    except OSError as e:
+        raise DatasetError(str(e)) from e
+
+
 def ensure_shapes_dataset(
     out_dir: str,
     num_train: int = 2000,
@@ -251,41 +315,42 @@ def ensure_shapes_dataset(
     """
     Make sure a complete dataset with these parameters is in ``out_dir``; generate it if not.
 
-    Safe across processes (a file lock serialises generation, e.g. between DDP workers).
+    Safe across processes (a file lock serialises generation, e.g. between DDP workers; a process
+    waits at most :data:`LOCK_TIMEOUT_S` for another one's generation, then raises ``OSError``).
     A folder that is incomplete or was made with other parameters is removed and regenerated.
 
     Returns:
         str: ``out_dir``.
     """
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
 
     args = (num_train, num_val, image_size, seed)
     if _is_complete(out_dir, *args):
         return out_dir
-    parent = os.path.dirname(os.path.abspath(out_dir))
+    lock_path = _lock_path(out_dir)
+    parent = os.path.dirname(lock_path)
     try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        env = os.environ.get("DETECTRON2_DATASETS")
-        via = f" ($DETECTRON2_DATASETS={env!r})" if env else ""
-        raise OSError(
-            f"Cannot create the datasets folder {parent}{via}: {e.strerror}. Point "
-            "$DETECTRON2_DATASETS at a writable folder."
-        ) from e
-    with FileLock(os.path.join(parent, f".{os.path.basename(out_dir)}.lock")):
-        remove_stale_temporaries(parent)  # folders of generations that were killed
-        if _is_complete(out_dir, *args):  # another process finished while we waited
-            return out_dir
-        if os.path.exists(out_dir):
-            logger.warning(
-                f"{out_dir} is incomplete (interrupted generation) or was generated with other "
-                "parameters: removing it and generating again."
+        with FileLock(lock_path, timeout=LOCK_TIMEOUT_S):
+            remove_stale_temporaries(parent)  # folders of generations that were killed
+            if _is_complete(out_dir, *args):  # another process finished while we waited
+                return out_dir
+            if os.path.exists(out_dir):
+                logger.warning(
+                    f"{out_dir} is incomplete (interrupted generation) or was generated with "
+                    "other parameters: removing it and generating again."
+                )
+                trash = f"{out_dir}.stale-{os.getpid()}-{int(time.time())}"
+                os.rename(out_dir, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            logger.info(
+                f"Generating the shapes dataset into {out_dir} ({num_train}/{num_val} images)"
             )
-            trash = f"{out_dir}.stale-{os.getpid()}-{int(time.time())}"
-            os.rename(out_dir, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        logger.info(f"Generating the shapes dataset into {out_dir} ({num_train}/{num_val} images)")
-        generate_shapes_dataset(out_dir, *args)
+            generate_shapes_dataset(out_dir, *args)
+    except Timeout as e:
+        raise OSError(
+            f"Waited {LOCK_TIMEOUT_S:.0f} s for {lock_path}: another process has been generating "
+            f"{out_dir} for that long. Stop it (or wait for it), then run again."
+        ) from e
     return out_dir
 
 
@@ -318,7 +383,10 @@ def register_shapes(
 
         def _load(split_name=split_name, json_file=json_file):
             ensure_shapes_dataset(out_dir, *gen_args)
-            return load_coco_detection_json(json_file, out_dir, split_name)
+            try:
+                return load_coco_detection_json(json_file, out_dir, split_name)
+            except DatasetError as e:
+                raise DatasetError(_damaged_message(out_dir, e)) from e
 
         DatasetCatalog.register(split_name, _load)
         MetadataCatalog.get(split_name).set(
@@ -329,4 +397,8 @@ def register_shapes(
             image_root=out_dir,
             dataset_dir=out_dir,
             generate_on_first_use=True,  # json_file may not exist yet: that is expected
+            # check_shapes_dataset's arguments, for the checks before training
+            shapes_generation=dict(
+                num_train=num_train, num_val=num_val, image_size=image_size, seed=seed
+            ),
         )

@@ -17,6 +17,7 @@ from .datasets.coco_format import (
 from .datasets.coco_json import load_coco_detection_json
 from .datasets.shapes import (
     SHAPES_CLASSES,
+    check_shapes_dataset,
     ensure_shapes_dataset,
     generate_shapes_dataset,
     register_shapes,
@@ -40,6 +41,7 @@ __all__ = [
     "unregistered_message",
     "load_coco_detection_json",
     "SHAPES_CLASSES",
+    "check_shapes_dataset",
     "ensure_shapes_dataset",
     "generate_shapes_dataset",
     "register_shapes",

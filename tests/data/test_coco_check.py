@@ -141,3 +141,39 @@ def test_exif_rotated_image_size_is_the_rotated_one(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees: detectron2 reads it as 30 wide, 40 high
     im.save(tmp_path / "imgs" / "a.jpg", exif=exif)
     assert check_coco_json(json_file, root).num_images == 1
+
+
+def test_png_with_damaged_data_is_found_by_the_check_and_the_reader(tmp_path):
+    # issue 25, item 5: header and IEND intact, compressed data broken
+    from lite_detr.data import read_image
+
+    images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
+    json_file, root = _dataset(tmp_path, images=images)
+    path = tmp_path / "imgs" / "a.png"
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 40
+    data[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    assert data.endswith(b"IEND\xaeB`\x82")
+    with pytest.raises(DatasetError, match=r"a.png \(image id 1 in .*\) is a damaged PNG"):
+        check_coco_json(json_file, root)
+    s = check_coco_json(json_file, root, skip_bad_images=True)
+    assert [p.endswith("a.png") for p, _ in s.bad_images] == [True]
+    with pytest.raises(OSError):  # the training reader refuses it too, at the first read
+        read_image(str(path))
+
+
+def test_exif_quarter_turn_that_disagrees_with_the_json_says_so(tmp_path):
+    # issue 25, item 12: the json has the stored (unrotated) size of an EXIF-rotated image
+    images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}]
+    json_file, root = _dataset(tmp_path, images=images, anns=[], write_images=False)
+    im = Image.new("RGB", (40, 30))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "imgs" / "a.jpg", exif=exif)
+    with pytest.raises(DatasetError) as e:
+        check_coco_json(json_file, root)
+    message = str(e.value)
+    assert "EXIF orientation 6" in message and "read as 30x40" in message
+    assert "set width=30, height=40 in the json" in message and "-Orientation=" in message
+    assert "\n" not in message

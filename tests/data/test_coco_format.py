@@ -168,3 +168,28 @@ def test_r50_config_on_own_files_and_re_registration(tmp_path):
     # other files under the same name replace the registration
     load_config(r50, data_overrides(tmp_path / "b", "r50"))
     assert MetadataCatalog.get("r50_train").json_file == f"{tmp_path}/b/train.json"
+
+
+def test_training_json_without_annotations_is_one_line(tmp_path):
+    # issue 25, item 7: not detectron2's "AssertionError: No valid data found" traceback
+    json_file = write_split(tmp_path, "train")
+    write_split(tmp_path, "val")
+    with open(json_file) as f:
+        data = json.load(f)
+    data["annotations"] = []
+    with open(json_file, "w") as f:
+        json.dump(data, f)
+    match = r"nothing to train on: .*train.json \(2 images\) holds no annotations"
+    cfg = load_config(CUSTOM_CFG, TINY + data_overrides(tmp_path, "empty"))
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+    # the same files registered the detectron2 way
+    register_coco_instances("d2empty_train", {}, json_file, f"{tmp_path}/train")
+    register_coco_instances("d2empty_val", {}, f"{tmp_path}/val.json", f"{tmp_path}/val")
+    names = [
+        "dataloader.train.dataset.names=d2empty_train",
+        "dataloader.test.dataset.names=d2empty_val",
+        "model.num_classes=1",
+    ]
+    with pytest.raises(ConfigError, match=match):
+        check_config(load_config(CUSTOM_CFG, TINY + names))

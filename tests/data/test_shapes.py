@@ -114,3 +114,34 @@ def test_datasets_root_that_is_a_file(tmp_path, monkeypatch):
     monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
     with pytest.raises(OSError, match=r"\$DETECTRON2_DATASETS=.*datasets'.*writable folder"):
         ensure_shapes_dataset(str(root / "shapes"), num_train=2, num_val=1, image_size=64)
+
+
+def test_changed_json_of_a_generated_dataset_says_delete_to_regenerate(tmp_path):
+    # issue 25, item 16: instances_train.json emptied after the generation gave a traceback
+    from lite_detr.data import DatasetError, check_shapes_dataset
+
+    args = {"num_train": 2, "num_val": 1, "image_size": 64}
+    register_shapes("emptied", root=str(tmp_path), **args)
+    out = str(tmp_path / "emptied")
+    assert len(DatasetCatalog.get("emptied_train")) == 2  # generated on first use
+    check_shapes_dataset(out, **args)
+    with open(os.path.join(out, "annotations", "instances_train.json"), "w"):
+        pass
+    message = rf"shapes dataset in {out} was changed .*instances_train.json.*delete {out}"
+    with pytest.raises(DatasetError, match=message):
+        check_shapes_dataset(out, **args)  # what check_config runs before training
+    with pytest.raises(DatasetError, match=message):
+        DatasetCatalog.get("emptied_train")
+
+
+def test_lock_wait_has_a_timeout(tmp_path, monkeypatch):
+    # issue 25, item 6: no lock wait without a timeout; another process's generation is waited
+    # for at most LOCK_TIMEOUT_S
+    from filelock import FileLock
+
+    from lite_detr.data.datasets import shapes
+
+    monkeypatch.setattr(shapes, "LOCK_TIMEOUT_S", 0.2)
+    with FileLock(str(tmp_path / ".held.lock")):  # another "process" generates this dataset
+        with pytest.raises(OSError, match=r"Waited 0.2 s for .*\.held\.lock.*generating"):
+            ensure_shapes_dataset(str(tmp_path / "held"), num_train=2, num_val=1, image_size=64)

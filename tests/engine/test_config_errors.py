@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -145,3 +147,59 @@ def test_output_dir_of_a_run_is_refused_without_resume_or_overwrite(tmp_path):
     lock = claim_output_dir(out, overwrite=True)
     lock.close()
     assert os.listdir(out) == [".train_net.lock"]  # the previous run's files are gone
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "model.embed_dim=abc",
+            "model.embed_dim must be an integer (the config has 128), got 'abc'",
+        ),
+        ("model.embed_dim=2.5", "model.embed_dim must be an integer (the config has 128), got 2.5"),
+        ("model.encoder.num_blocks=x", "model.encoder.num_blocks must be an integer"),
+        ("model.backbone.freeze_at=two", "model.backbone.freeze_at must be an integer"),  # default
+        ("model.criterion.matcher.cost_class=high", "cost_class must be a number"),
+    ],
+)
+def test_model_overrides_of_the_wrong_type_name_the_key(override, message):
+    # issue 25, item 8: `model.embed_dim=abc` failed deep in a constructor with a TypeError
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(SHAPES_CFG, [override])
+    cfg = load_config(
+        SHAPES_CFG, ["model.criterion.matcher.cost_class=3", "model.num_classes=null"]
+    )
+    assert cfg.model.criterion.matcher.cost_class == 3  # an int where the config has a float
+
+
+def test_unknown_device_is_refused_before_the_launch():
+    from lite_detr.engine.launch import check_launch
+
+    for device in ("tpu", "cuda:x", "meta"):
+        with pytest.raises(ConfigError, match=f"train.device must be .*got '{device}'"):
+            check_launch(device, 1)
+    check_launch("cpu", 1)
+
+
+def test_output_dir_that_is_a_file(tmp_path, capsys):
+    # issue 25, item 9: "[Errno 17] File exists" did not say the output folder is a file
+    afile = tmp_path / "afile"
+    afile.write_text("keep me")
+    with pytest.raises(ConfigError, match=rf"train.output_dir='{afile}' is a file, not a folder"):
+        check_config(load_config(SHAPES_CFG, [f"train.output_dir={afile}"]))
+    with pytest.raises(ConfigError, match=rf"is inside {afile}, a file, not a folder"):
+        check_config(load_config(SHAPES_CFG, [f"train.output_dir={afile}/run"]))
+    spec = importlib.util.spec_from_file_location(
+        "visualize_data", os.path.join(ROOT, "tools", "visualize_data.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as e:
+        tool.main(["--config-file", SHAPES_CFG, "--output", str(afile)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        err[-1]
+        == f"visualize_data.py: error: --output '{afile}' is a file: pass a folder (it is created)."
+    )
+    assert afile.read_text() == "keep me"

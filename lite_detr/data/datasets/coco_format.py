@@ -171,8 +171,8 @@ def prepare_datasets(
       go into the metadata when it has none (evaluation and ``tools/demo.py`` use them).
     * ``model.num_classes: null`` becomes the number of classes of the first split; a number
       that disagrees with it is an error, as are splits with different classes.
-    * Training datasets whose json files hold no annotations at all are an error (nothing to
-      train on).
+    * With ``check_images`` (the checks before training), training datasets whose json files
+      hold no annotations at all are an error: there is nothing to train on.
 
     Args:
         cfg: the LazyConfig (modified: ``model.num_classes`` may be filled in).
@@ -201,7 +201,7 @@ def prepare_datasets(
                     classes[name] = list(found)
         counted = [boxes[n] for n in names if n in boxes]
         no_boxes = counted and len(counted) == len(names) and sum(c[2] for c in counted) == 0
-        if split == "train" and no_boxes:
+        if split == "train" and check_images and no_boxes:  # training checks only
             # detectron2's loader would drop every image and assert "No valid data found"
             files = ", ".join(
                 f"{json_file} ({num_images} images)" for json_file, num_images, _ in counted

@@ -348,7 +348,7 @@ def ensure_shapes_dataset(
             generate_shapes_dataset(out_dir, *args)
     except Timeout as e:
         raise OSError(
-            f"Waited {LOCK_TIMEOUT_S:.0f} s for {lock_path}: another process has been generating "
+            f"Waited {LOCK_TIMEOUT_S:g} s for {lock_path}: another process has been generating "
             f"{out_dir} for that long. Stop it (or wait for it), then run again."
         ) from e
     return out_dir

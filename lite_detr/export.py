@@ -4,7 +4,8 @@
 image tensor; :func:`export_program` captures it with ``torch.export`` with a dynamic height and
 width (the deformable attention ops stay ``lite_detr::`` nodes), :func:`export_onnx` turns that
 program into an ONNX file whose ops are standard ones (see :mod:`lite_detr.ops.onnx_translation`)
-and checks it with ONNX Runtime against PyTorch.
+and checks it with ONNX Runtime against PyTorch; :class:`OnnxDetector` runs such a file, checking
+the input size the file records.
 """
 
 import logging
@@ -25,6 +26,7 @@ __all__ = [
     "SCORE_TOLERANCE",
     "ExportError",
     "InferenceDetector",
+    "OnnxDetector",
     "check_input_size",
     "compare_detections",
     "compare_with_pytorch",
@@ -47,6 +49,9 @@ BOX_TOLERANCE = 0.05
 PROPOSAL_TOLERANCE = 1e-4
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "scores", "labels"]
+# metadata_props of an exported file: the input sizes the graph takes (OnnxDetector checks them)
+MIN_SIDE_KEY = "lite_detr.min_input_side"
+DIVISIBILITY_KEY = "lite_detr.size_divisibility"
 
 
 class ExportError(RuntimeError):
@@ -116,13 +121,21 @@ def _divisibility(model: nn.Module) -> int:
 
 
 def check_input_size(model: nn.Module, height: int, width: int) -> None:
-    """Raise :class:`ExportError` unless ``height`` and ``width`` are positive multiples of the
-    model's size divisibility."""
+    """Raise :class:`ExportError` unless ``height`` and ``width`` are at least
+    :func:`min_input_side` and multiples of the model's size divisibility."""
     d = _divisibility(model)
-    if height <= 0 or width <= 0 or height % d or width % d:
+    low = min_input_side(model)
+    if min(height, width) < low:
+        raise ExportError(
+            f"input size {height}x{width} is too small: {type(model).__name__} needs at least "
+            f"{low}x{low} (every feature level needs 2x2 pixels and the encoder at least "
+            f"num_queries={model.num_queries} tokens); use e.g. "
+            f"{max(height, low)}x{max(width, low)}" + (f" (multiples of {d})" if d > 1 else "")
+        )
+    if height % d or width % d:
         raise ExportError(
             f"input size {height}x{width} is not a multiple of the model's size divisibility "
-            f"{d}; use e.g. {max(d, -(-height // d) * d)}x{max(d, -(-width // d) * d)} "
+            f"{d}; use e.g. {-(-height // d) * d}x{-(-width // d) * d} "
             "(resize or pad the image to such a size before running the exported model)"
         )
 
@@ -170,12 +183,6 @@ def export_program(model: nn.Module, height: int, width: int) -> torch.export.Ex
     from :func:`min_input_side` up). The deformable attention ops stay ``lite_detr::`` nodes."""
     wrapper = InferenceDetector(model).eval()
     check_input_size(model, height, width)
-    low = min_input_side(model)
-    if min(height, width) < low:
-        raise ExportError(
-            f"input size {height}x{width} is too small: {type(model).__name__} selects "
-            f"{model.num_queries} queries and needs images of at least {low}x{low}"
-        )
     try:
         with torch.no_grad():
             return torch.export.export(
@@ -541,6 +548,10 @@ def export_onnx(
                 f"the ONNX exporter could not convert {type(model).__name__}: "
                 f"{type(e).__name__}: {_first_line(e)}"
             ) from e
+        # the sizes the graph takes, for OnnxDetector (ONNX has no way to state a minimum)
+        onnx_program.model.metadata_props.update(
+            {MIN_SIDE_KEY: str(min_input_side(model)), DIVISIBILITY_KEY: str(_divisibility(model))}
+        )
         onnx_program.save(tmp, external_data=False)
         report = _check_file(tmp, InferenceDetector(model).model, sizes, threads)
         umask = os.umask(0)
@@ -551,3 +562,72 @@ def export_onnx(
         if os.path.exists(tmp):
             os.remove(tmp)
     return report
+
+
+class OnnxDetector:
+    """
+    Run an ONNX file of :func:`export_onnx` with ONNX Runtime, checking the input size first.
+
+    The graph takes any H and W from the model's minimum up (every feature level needs 2x2
+    pixels, the encoder at least ``num_queries`` tokens for its ``TopK``), multiples of its size
+    divisibility; the file records both (``metadata_props``). A smaller image raises
+    :class:`ExportError` with one line that says the minimum, instead of ONNX Runtime's
+    "TopK ... k argument [900] should not be greater than ...".
+
+    Example::
+
+        detector = OnnxDetector("lite_dino_r50.onnx")
+        boxes, scores, labels = detector(rgb_hwc.transpose(2, 0, 1).astype(np.float32))
+
+    Args:
+        path (str): the ONNX file.
+        providers: ONNX Runtime execution providers.
+    """
+
+    def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",)):
+        import onnxruntime as ort
+
+        self.path = path
+        self.session = ort.InferenceSession(path, providers=list(providers))
+        meta = self.session.get_modelmeta().custom_metadata_map
+        # files exported before the sizes were recorded: ONNX Runtime's error is translated
+        self.min_side = int(meta[MIN_SIDE_KEY]) if MIN_SIDE_KEY in meta else None
+        self.size_divisibility = int(meta.get(DIVISIBILITY_KEY, 1))
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise :class:`ExportError` for a size the graph does not take."""
+        low, d = self.min_side, self.size_divisibility
+        if low is not None and min(height, width) < low:
+            raise ExportError(
+                f"image {height}x{width} is smaller than the minimum {low}x{low} of {self.path}: "
+                f"resize it so that both sides are >= {low} (e.g. as the config's test mapper "
+                "does) before detection"
+            )
+        if height % d or width % d:
+            raise ExportError(
+                f"image {height}x{width} is not a multiple of the size divisibility {d} of "
+                f"{self.path}: pad or resize it to {-(-height // d) * d}x{-(-width // d) * d}"
+            )
+
+    def __call__(self, image) -> List:
+        """
+        Args:
+            image: (3, H, W) float32 array (or tensor), 0-255, in the model's input format.
+
+        Returns:
+            [boxes (K, 4) XYXY pixels, scores (K,), labels (K,)] as numpy arrays.
+        """
+        image = image.detach().cpu().numpy() if isinstance(image, Tensor) else image
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ExportError(f"image must be a (3, H, W) array, got shape {tuple(image.shape)}")
+        self.check_size(*image.shape[1:])
+        try:
+            return self.session.run(None, {INPUT_NAMES[0]: image.astype("float32", copy=False)})
+        except Exception as e:  # onnxruntime's errors have no public base class
+            if "TopK" not in str(e):
+                raise
+            raise ExportError(
+                f"image {image.shape[1]}x{image.shape[2]} is too small for {self.path} (ONNX "
+                f"Runtime: {_first_line(e)}): resize it up, or export the file again with "
+                "tools/export_model.py, which records the minimum size"
+            ) from e

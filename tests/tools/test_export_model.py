@@ -13,8 +13,11 @@ from lite_detr.export import (
     BOX_TOLERANCE,
     PROPOSAL_TOLERANCE,
     SCORE_TOLERANCE,
+    ExportError,
     InferenceDetector,
+    OnnxDetector,
     describe_comparison,
+    min_input_side,
     read_selection,
     selection_changes,
     selection_session,
@@ -53,7 +56,10 @@ def _pytorch_detections(model, image):
     return inst.pred_boxes.tensor, inst.scores, inst.pred_classes
 
 
-def test_export_onnx_runs_at_several_sizes(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """The tool's ONNX file of the tiny model: (file, its folder, the model, the tool's report)."""
+    tmp_path = tmp_path_factory.mktemp("export")
     weights, model = _save_weights(tmp_path / "tiny.pth")
     out = tmp_path / "tiny.onnx"
     report = _run(
@@ -61,6 +67,11 @@ def test_export_onnx_runs_at_several_sizes(tmp_path):
         + ["--output", str(out), "--input-size", "128", "160", "--check-size", "96", "224"]
         + EXPORT_TINY
     )
+    return out, tmp_path, model, report
+
+
+def test_export_onnx_runs_at_several_sizes(tiny_export):
+    out, tmp_path, model, report = tiny_export
     assert [r["size"] for r in report] == [(128, 160), (96, 224)]
     # the tiny model's detections equal PyTorch's strictly (no selection tie excused)
     assert all(r["selection"] is None and r["matched"] == r["detections"] for r in report)
@@ -114,6 +125,46 @@ def test_r50_exports_and_matches_at_two_sizes(tmp_path):
         assert strict["matched"] == strict["detections"] == 300
         assert strict["max_score_diff"] <= SCORE_TOLERANCE
         assert strict["max_box_diff_px"] <= BOX_TOLERANCE
+
+
+def test_onnx_detector_checks_the_minimum_size(tiny_export):
+    # issue 25, item 13: ONNX Runtime's "TopK ... k argument [30] should not be greater than"
+    # becomes one line that says the file's minimum
+    out, _, model, _ = tiny_export
+    low = min_input_side(model)
+    detector = OnnxDetector(str(out))
+    assert (detector.min_side, detector.size_divisibility) == (low, 1)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    small = (torch.rand(3, 16, 24) * 255).numpy()  # fewer encoder tokens than num_queries
+    with pytest.raises(Exception, match="TopK"):  # what the graph alone does
+        session.run(None, {"image": small})
+    with pytest.raises(ExportError) as e:
+        detector(small)
+    assert str(e.value) == (
+        f"image 16x24 is smaller than the minimum {low}x{low} of {out}: resize it "
+        f"so that both sides are >= {low} (e.g. as the config's test mapper does) before detection"
+    )
+    image = torch.rand(3, low, low + 8) * 255
+    for got, expected in zip(detector(image), session.run(None, {"image": image.numpy()})):
+        assert (got == expected).all()
+
+
+def test_input_size_below_the_minimum_says_the_minimum(tmp_path, capsys):
+    # issue 25, item 14: "--input-size 0 0" suggested 1x1, which is refused too
+    weights, model = _save_weights(tmp_path / "tiny.pth")
+    low = min_input_side(model)
+    out = tmp_path / "model.onnx"
+    for size in (["0", "0"], ["1", "1"], [str(low - 8), str(low)]):
+        err = _expect_error(
+            capsys,
+            ["--config-file", SHAPES_CFG, "--weights", weights, "--output", str(out)]
+            + ["--input-size", *size]
+            + EXPORT_TINY,
+            f"input size {size[0]}x{size[1]} is too small",
+            f"needs at least {low}x{low}",
+        )
+        assert f"use e.g. {max(int(size[0]), low)}x{max(int(size[1]), low)}" in err
+    assert not out.exists()
 
 
 def _expect_error(capsys, args, *words):

@@ -210,14 +210,25 @@ def _check_inputs(
         )
 
 
-def _float32_under_autocast(*tensors):
+def _float32_under_autocast(op: str, names: Tuple[str, ...], *tensors):
     """Under ``torch.autocast`` the ops run in float32, whatever the dtypes autocast gave their
     inputs (e.g. float16 values from a linear layer beside float32 sampling locations): normalised
     locations need float32's precision (a float16 location is off by up to 0.3 px on a 160-px
     map), and the op is cheap next to the layers around it. Outside autocast, inputs keep their
-    dtype and must agree."""
+    dtype and must agree. ``names`` name ``tensors`` in the error for a device that autocast does
+    not know (``meta``), the first thing these ops ask of a device."""
     ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
-    if ref is None or not torch.is_autocast_enabled(ref.device.type):
+    if ref is None:
+        return tensors
+    try:
+        autocast = torch.is_autocast_enabled(ref.device.type)
+    except RuntimeError as e:  # "unknown device type for autocast"
+        name = names[tensors.index(ref)]
+        raise ValueError(
+            f"{op}: {name} is on device '{ref.device}', on which it cannot run: pass CPU or CUDA "
+            "tensors (meta tensors have no data to sample)"
+        ) from e
+    if not autocast:
         return tensors
     return tuple(
         t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors
@@ -264,7 +275,11 @@ def ms_deform_attn(
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
     value, sampling_locations, attention_weights = _float32_under_autocast(
-        value, sampling_locations, attention_weights
+        "ms_deform_attn",
+        ("value", "sampling_locations", "attention_weights"),
+        value,
+        sampling_locations,
+        attention_weights,
     )
     _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if not _use_compiled(value.device.type):
@@ -310,7 +325,12 @@ def ms_deform_attn_key_aware(
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
     query, value, sampling_locations, key = _float32_under_autocast(
-        query, value, sampling_locations, key
+        "ms_deform_attn_key_aware",
+        ("query", "value", "sampling_locations", "key"),
+        query,
+        value,
+        sampling_locations,
+        key,
     )
     _check_inputs(
         value, spatial_shapes, level_start_index, sampling_locations, query=query, key=key

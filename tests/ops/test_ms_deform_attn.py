@@ -568,6 +568,15 @@ def test_device_mismatch_message():
         ms_deform_attn(*inp.standard()[:3], inp.sampling_locations.cuda(), inp.attention_weights)
 
 
+def test_meta_tensors_name_the_device():
+    # issue 25, item 15: torch's "unknown device type for autocast" said nothing of the inputs
+    inp = make_inputs(device="meta")
+    with pytest.raises(ValueError, match="ms_deform_attn: value is on device 'meta', on which"):
+        ms_deform_attn(*inp.standard())
+    with pytest.raises(ValueError, match="ms_deform_attn_key_aware: query is on device 'meta'"):
+        ms_deform_attn_key_aware(*inp.key_aware(with_key=True))
+
+
 @needs_compiled
 def test_compiled_op_checks_its_inputs():
     """The raw torch.ops entry points (used by export and compile) reject bad inputs too."""

@@ -136,17 +136,6 @@ def test_datasets_folder_without_a_lock_file_is_one_line_not_a_hang(tmp_path):
     assert "Traceback" not in res.stderr and not out.exists()
 
 
-def test_unknown_device_is_one_line(tmp_path):
-    # issue 25, item 8: torch.device's RuntimeError came from the launch, before check_config
-    res = _train_net("--config-file", SHAPES_CFG, "train.device=tpu")
-    assert res.returncode == 2, res.stderr[-2000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert last == (
-        "train_net.py: error: train.device must be 'cpu', 'cuda' or 'cuda:N', got 'tpu'."
-    )
-    assert "Traceback" not in res.stderr
-
-
 def test_checkpoint_of_other_encoder_variant_is_refused(tiny_data, tmp_path):
     from lite_detr.engine import ConfigError, do_eval_only
 

@@ -173,6 +173,7 @@ def test_model_overrides_of_the_wrong_type_name_the_key(override, message):
 
 
 def test_unknown_device_is_refused_before_the_launch():
+    # issue 25, item 8: train_net.py's launch (check_launch) met torch.device's RuntimeError first
     from lite_detr.engine.launch import check_launch
 
     for device in ("tpu", "cuda:x", "meta"):

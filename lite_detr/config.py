@@ -75,7 +75,7 @@ def load_config(config_file: str, overrides: List[str] | None = None) -> DictCon
     except Exception as e:  # hydra's parser errors have no common base class
         raise ConfigError(f"Cannot apply overrides {overrides}: {e}") from e
     for key, old in replaced.items():
-        _check_override_type(key, old, OmegaConf.select(cfg, key, default=None))
+        _check_override_type(key, old, _current_value(cfg, key))
     from .data import DatasetError, fill_num_classes, register_config_datasets
 
     try:
@@ -186,7 +186,7 @@ def _current_value(cfg: DictConfig, key: str):
 def _check_override_type(key: str, old, new) -> None:
     """Refuse an override whose value is not of the type of the number or flag it replaces
     (None stays allowed: optional arguments take it)."""
-    if new is None or old is _MISSING:
+    if new is None or new is _MISSING or old is _MISSING:
         return
     if isinstance(old, bool):
         ok, what = isinstance(new, bool), "True or False"

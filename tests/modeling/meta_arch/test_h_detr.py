@@ -227,3 +227,19 @@ def _without(model_cfg, *keys):
         d.pop(k)
     d["decoder"].pop("cross_attention")
     return d
+
+
+def test_content_queries_keep_the_embedding_init(build_tiny):
+    """H-DETR's one-to-one + one-to-many content queries are an ``nn.Embedding`` outside the
+    release's transformer: N(0, 1), not the Xavier scale of DINO's ``tgt_embed`` (inside its
+    transformer; at full size, 1800 x 256, Xavier would be ~30x smaller)."""
+    model = build_tiny()
+    weight = model.tgt_embed.weight.detach()
+    assert weight.shape == (60, 64)  # (20 + 40 queries, embed_dim 64)
+    assert 0.9 < weight.std().item() < 1.1 and abs(weight.mean().item()) < 0.1
+    assert weight.abs().max() > (6 / (60 + 64)) ** 0.5  # beyond any Xavier-uniform draw
+    # the proposal projection is inside the release's transformer: Xavier, as before
+    assert model.proposal_embed.pos_trans.weight.abs().max() <= (6 / (128 + 128)) ** 0.5
+    dino = build_tiny("dino_r50")
+    rows, dim = dino.tgt_embed.weight.shape
+    assert dino.tgt_embed.weight.abs().max() <= (6 / (rows + dim)) ** 0.5

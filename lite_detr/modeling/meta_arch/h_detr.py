@@ -91,7 +91,7 @@ class HDETR(TwoStageDeformableDETR):
         self.proposal_embed = ProposalEmbedding(self.embed_dim)
         # one learned content query per query of both groups; inference uses the first Q1. The
         # release keeps them outside its transformer, so they keep nn.Embedding's N(0, 1) init:
-        # not in the Xavier pass (which gives DINO's tgt_embed a ~30x smaller scale)
+        # not in the Xavier pass (which would make 1800 x 256 of them ~30x smaller)
         self.tgt_embed = nn.Embedding(self.num_queries + num_queries_one2many, self.embed_dim)
         self._reset_parameters([self.proposal_embed])
 

@@ -8,8 +8,9 @@ Train or evaluate a Lite DETR LazyConfig with detectron2's trainer.
     python train_net.py --config-file CONFIG --resume   # continue from output_dir/last_checkpoint
     python train_net.py --config-file CONFIG --overwrite  # replace the run in train.output_dir
 
-Same ``train`` keys as detectron2's ``tools/lazyconfig_train_net.py`` (which can run these
-configs too), plus ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_ema``.
+Same ``train`` keys as detectron2's ``tools/lazyconfig_train_net.py`` (which can run the configs
+that set ``train.max_iter``), plus ``train.epochs`` (the COCO configs' run length, in passes over
+the training set), ``train.amp.dtype``, ``train.clip_grad`` and ``train.model_ema``.
 """
 
 import logging

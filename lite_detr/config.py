@@ -301,7 +301,18 @@ def _check_number(cfg, key: str, kind: type, low, high=None, *, low_open=False, 
 def _check_values(cfg: DictConfig, eval_only: bool) -> None:
     """Types and ranges of the values that train_net.py reads (a bad override fails here)."""
     if not eval_only:
-        _check_number(cfg, "train.max_iter", int, 1)
+        epochs = _get(cfg, "train.epochs")
+        if epochs is _MISSING or epochs is None:
+            _check_number(cfg, "train.max_iter", int, 1)
+        else:  # train_net.py derives max_iter from the dataset (engine.resolve_epochs)
+            _check_number(cfg, "train.epochs", int, 1)
+            max_iter = _get(cfg, "train.max_iter")
+            if max_iter is not _MISSING and max_iter is not None:
+                raise ConfigError(
+                    f"train.epochs={epochs} and train.max_iter={max_iter} both set the run "
+                    f"length: add train.max_iter=null to train {epochs} epochs, or "
+                    f"train.epochs=null to train {max_iter} iterations."
+                )
         _check_number(cfg, "train.log_period", int, 1)
         _check_number(cfg, "train.eval_period", int, 0)
         _check_number(cfg, "train.checkpointer.period", int, 1)

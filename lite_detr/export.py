@@ -91,7 +91,7 @@ class InferenceDetector(nn.Module):
             return _detect(m, enc, content, ref_unsig, image.shape[-2:])
         # as select_queries, keeping the proposal scores and the selected tokens
         logits, coords_unsig = m.proposals(enc)
-        scores = logits.max(-1)[0]
+        scores = m.proposal_scores(logits)
         selected = torch.topk(scores, m.num_queries, dim=1)[1]
         ref_unsig, _ = m.gather_proposals(logits, coords_unsig, selected)
         content = m.content_queries(ref_unsig, enc["memory"])
@@ -346,7 +346,7 @@ def compare_with_pytorch(
     where = f"at {size[0]}x{size[1]}"
     enc = _encode(m, image)
     logits, coords_unsig = m.proposals(enc)
-    scores = logits.max(-1)[0]
+    scores = m.proposal_scores(logits)
     selected = torch.topk(scores, m.num_queries, dim=1)[1]
 
     def detections(sel: Tensor) -> Tuple:

@@ -145,7 +145,8 @@ def test_experiment_configs_match_their_names(path):
     cfg = load(path)
     name = os.path.basename(path)[: -len(".py")]
     epochs = int(re.search(r"_(\d+)ep$", name).group(1))
-    assert cfg.train.max_iter == epochs * 7500 and cfg.train.device == "cuda"
+    assert cfg.train.epochs == epochs and cfg.train.max_iter is None
+    assert cfg.train.device == "cuda"
     assert cfg.model.num_queries == 900 and cfg.model.num_feature_levels == 4
     assert cfg.dataloader.train.total_batch_size == 16
     assert cfg.optimizer.lr == 1e-4 and cfg.optimizer.params.backbone_lr_factor == 0.1
@@ -175,9 +176,10 @@ def test_experiment_configs_match_their_names(path):
 @pytest.mark.parametrize(
     "path,norm_decay",
     [
-        # the released DINO / Lite-DINO decay every parameter
+        # the releases of DINO / Lite-DINO, Deformable DETR and H-DETR decay every parameter
         ("projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_12ep.py", 1e-4),
-        ("projects/lite_deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py", 0.0),
+        ("projects/lite_deformable_detr/configs/deformable_detr_r50_two_stage_50ep.py", 1e-4),
+        ("projects/lite_h_detr/configs/lite_h_detr_r50_h3l1_a2b3_36ep.py", 1e-4),
     ],
 )
 def test_optimizer_param_groups(path, norm_decay):
@@ -199,7 +201,10 @@ def test_optimizer_param_groups(path, norm_decay):
     assert setting[named["level_embeds"]][1] == norm_decay
     if "tgt_embed.weight" in named:
         assert setting[named["tgt_embed.weight"]][1] == norm_decay
+    if "denoising.label_enc.weight" in named:
         assert setting[named["denoising.label_enc.weight"]][1] == norm_decay
+    # every trainable parameter is decayed: one weight decay in all groups
+    assert {g["weight_decay"] for g in opt.param_groups} == {1e-4}
 
 
 def test_one_override_sets_train_and_test_input_size():

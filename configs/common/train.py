@@ -1,13 +1,17 @@
 """Training defaults, compatible with detectron2's ``tools/lazyconfig_train_net.py``.
 
-Keys beyond detectron2's own (``clip_grad``, ``model_ema``, ``amp.dtype``) are read by our
-``train_net.py``; detectron2's script ignores them.
+Keys beyond detectron2's own (``epochs``, ``clip_grad``, ``model_ema``, ``amp.dtype``) are read
+by our ``train_net.py``; detectron2's script ignores them (and so cannot run a config that sets
+``epochs`` instead of ``max_iter``).
 """
 
 train = {
     "output_dir": "./output",
     "init_checkpoint": "",
     "max_iter": 90000,
+    # the run length in epochs instead (then max_iter = None): train_net.py derives max_iter =
+    # epochs * ceil(training images / dataloader.train.total_batch_size) when training starts
+    "epochs": None,
     "amp": {"enabled": False, "dtype": "float16"},  # dtype: "float16" or "bfloat16"
     "ddp": {"broadcast_buffers": False, "find_unused_parameters": False, "fp16_compression": False},
     "checkpointer": {"period": 5000, "max_to_keep": 100},

@@ -156,6 +156,11 @@ class ResumableTrainLoader:
         self._next = 0  # next position (of this rank's stream) not yet taken from the stream
         self._pending: List[List[int]] = [[], []]  # positions waiting in each bucket
 
+    @property
+    def num_images(self) -> int:
+        """Images in the dataset, i.e. in one pass of the stream (an epoch)."""
+        return len(self.items)
+
     def state_dict(self) -> Dict:
         return {
             "seed": self.seed,

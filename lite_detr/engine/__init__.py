@@ -10,6 +10,7 @@ from .defaults import (
     do_eval_only,
     do_test,
     do_train,
+    resolve_epochs,
     train_or_evaluate,
 )
 from .ema import EMAHook, ModelEMA, apply_ema_weights
@@ -29,6 +30,7 @@ __all__ = [
     "do_test",
     "do_train",
     "load_config",
+    "resolve_epochs",
     "train_or_evaluate",
     "EMAHook",
     "ModelEMA",

@@ -29,6 +29,7 @@ from ..checkpoint import LiteDetrCheckpointer
 from ..config import ConfigError, check_config, config_error_on_bad_checkpoint, load_config
 from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import results_table
+from ..solver import iterations_per_epoch
 from ..utils import atomic_write, pid_alive, preserved_rng_states
 from .ema import EMAHook, apply_ema_weights
 from .hooks import PeriodicCheckpointer
@@ -47,6 +48,7 @@ __all__ = [
     "do_test",
     "do_train",
     "do_eval_only",
+    "resolve_epochs",
     "train_or_evaluate",
 ]
 
@@ -243,6 +245,7 @@ def do_train(args, cfg: DictConfig):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     train_loader = build_train_loader(cfg)
+    resolve_epochs(cfg, train_loader)
 
     model = create_ddp_model(model, **ddp_kwargs(cfg))
     clip = cfg.train.get("clip_grad", {})
@@ -324,6 +327,41 @@ def build_train_loader(cfg: DictConfig):
         aspect_ratio_grouping=node.get("aspect_ratio_grouping", True),
         num_workers=node.get("num_workers", 0),
         collate_fn=instantiate(node.get("collate_fn", None)),
+    )
+
+
+def resolve_epochs(cfg: DictConfig, train_loader=None) -> None:
+    """
+    With ``train.epochs`` set, set ``train.max_iter`` to ``train.epochs`` passes over the
+    training set: ``epochs * iterations_per_epoch(images, dataloader.train.total_batch_size)``
+    (:func:`lite_detr.solver.iterations_per_epoch`), the images counted in ``train_loader`` (a
+    :class:`ResumableTrainLoader`) or else in ``dataloader.train.dataset``. Without it, nothing
+    changes (``train.max_iter`` is the run length).
+    """
+    epochs = cfg.train.get("epochs", None)
+    if epochs is None:
+        return
+    node = cfg.dataloader.train
+    if isinstance(train_loader, ResumableTrainLoader):
+        num_images = train_loader.num_images
+    elif node.get("dataset", None) is not None:
+        num_images = len(instantiate(node.dataset))
+    else:
+        raise ConfigError(
+            f"train.epochs={epochs} needs dataloader.train.dataset to count the training images; "
+            "this loader has none: set train.epochs=null and train.max_iter instead."
+        )
+    batch = node.get("total_batch_size", None)
+    if batch is None:
+        raise ConfigError(
+            f"train.epochs={epochs} needs dataloader.train.total_batch_size; set it, or set "
+            "train.epochs=null and train.max_iter instead."
+        )
+    per_epoch = iterations_per_epoch(num_images, batch)
+    cfg.train.max_iter = epochs * per_epoch
+    logger.info(
+        f"train.epochs={epochs}: {num_images} training images at batch {batch} are "
+        f"{per_epoch} iterations per epoch, train.max_iter={cfg.train.max_iter}."
     )
 
 

@@ -2,8 +2,10 @@
 
 Training: random flip, then either a multi-scale resize (short side 480..800, long side <= 1333)
 or, with probability 0.5, resize to 400/500/600 + random crop 384..600 + the multi-scale resize.
-Test: short side 800, long side <= 1333. ``dataloader.input_size=512`` scales all of these sizes
-by 512 / 800 (one override for train and test resolution).
+Every training image is kept, including those without objects (the releases' epochs are
+passes over all 118,287 COCO train2017 images). Test: short side 800, long side <= 1333.
+``dataloader.input_size=512`` scales all of these sizes by 512 / 800 (one override for train and
+test resolution).
 """
 
 from detectron2.config import LazyCall as L
@@ -28,7 +30,10 @@ dataloader = OmegaConf.create()
 dataloader.input_size = 800  # test short side; training sizes scale with it
 
 dataloader.train = L(build_detection_train_loader)(
-    dataset=L(get_detection_dataset_dicts)(names="${datasets.train.name}"),
+    # every image, as the releases of Deformable DETR, H-DETR, DINO and Lite DETR (their COCO
+    # datasets are torchvision's, one item per image of the json): the 1,021 COCO train2017
+    # images without a non-crowd box (detectron2 drops them by default) train as background
+    dataset=L(get_detection_dataset_dicts)(names="${datasets.train.name}", filter_empty=False),
     mapper=L(DetrDatasetMapper)(
         is_train=True,
         augmentation=L(build_detr_augmentation)(with_crop=False, input_size="${....input_size}"),

@@ -15,8 +15,9 @@ class DeformableDETR(TwoStageDeformableDETR):
     """Deformable DETR: Deformable Transformers for End-to-End Object Detection (Zhu et al.,
     arXiv 2010.04159), two-stage with iterative box refinement ("++ two-stage", table 1).
 
-    A :class:`TwoStageDeformableDETR` whose proposals have one foreground logit
-    (``binary_proposals=True``: ranked by it, trained over all tokens) and whose queries both come
+    A :class:`TwoStageDeformableDETR` whose proposals are foreground proposals
+    (``binary_proposals=True``: a K-way classifier ranked by channel 0, trained over all tokens
+    with every target on channel 0, as the release) and whose queries both come
     from the selected proposals: :class:`~lite_detr.modeling.query_selection.ProposalEmbedding`
     (a linear layer + LayerNorm on their sine embedding, 2C -> 2C) split into the positional
     query (first C), the same in every decoder layer, and the content query (last C). The

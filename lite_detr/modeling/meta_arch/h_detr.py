@@ -45,9 +45,10 @@ class HDETR(TwoStageDeformableDETR):
     """DETRs with Hybrid Matching (Jia et al., arXiv 2207.13080) on two-stage Deformable DETR,
     as its R50 36-epoch results: mixed query selection and look-forward-twice included.
 
-    A :class:`TwoStageDeformableDETR` with Deformable DETR's binary proposals and proposal
-    positional queries (:class:`~lite_detr.modeling.query_selection.ProposalEmbedding`, its first
-    C channels), learned content queries (mixed query selection, ``tgt_embed``), and what H-DETR
+    A :class:`TwoStageDeformableDETR` with Deformable DETR's foreground proposals
+    (``binary_proposals``) and proposal positional queries
+    (:class:`~lite_detr.modeling.query_selection.ProposalEmbedding`, its first C channels),
+    learned content queries (mixed query selection, ``tgt_embed``, N(0, 1) init), and what H-DETR
     adds, the one-to-many branch: in training the top ``Q1 + Q2`` proposals become queries; the
     first ``Q1`` (the one-to-one group, exactly the queries of inference) are matched one-to-one
     to the ground truth, the other ``Q2`` (the one-to-many group) one-to-one to the ground truth
@@ -88,9 +89,11 @@ class HDETR(TwoStageDeformableDETR):
         self.one2many_repeats = one2many_repeats
         self.one2many_loss_weight = one2many_loss_weight
         self.proposal_embed = ProposalEmbedding(self.embed_dim)
-        # one learned content query per query of both groups; inference uses the first Q1
+        # one learned content query per query of both groups; inference uses the first Q1. The
+        # release keeps them outside its transformer, so they keep nn.Embedding's N(0, 1) init:
+        # not in the Xavier pass (which would make 1800 x 256 of them ~30x smaller)
         self.tgt_embed = nn.Embedding(self.num_queries + num_queries_one2many, self.embed_dim)
-        self._reset_parameters([self.proposal_embed, self.tgt_embed])
+        self._reset_parameters([self.proposal_embed])
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Learned content queries: the first Q rows of ``tgt_embed`` (Q1 at inference, Q1 + Q2

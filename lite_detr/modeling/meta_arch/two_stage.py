@@ -92,10 +92,11 @@ class TwoStageDeformableDETR(nn.Module):
             embed_dim: C, width of the neck, encoder and decoder (checked against them).
             num_queries: Q, encoder proposals selected as decoder queries at inference.
             num_feature_levels: L, feature maps from the neck.
-            binary_proposals: the proposals' classifier. True (Deformable DETR, H-DETR): one
-                foreground logit per token, ranked by it, its loss (every target relabelled
-                foreground) over all tokens. False (DINO): one logit per class, ranked by the
-                best class, its loss over the selected proposals.
+            binary_proposals: how the proposals' K-way classifier is trained and read. True
+                (Deformable DETR, H-DETR, as their releases): foreground proposals, ranked by
+                channel 0, their loss over all tokens with every target relabelled class 0 (the
+                other K - 1 channels trained as negatives only). False (DINO): class-aware
+                proposals, ranked by the best class, their loss over the selected proposals.
             select_box_nums_for_evaluation: detections kept per image at test time (top-k over
                 all query-class pairs).
             pixel_mean, pixel_std: RGB statistics on the 0-255 scale (torchvision ImageNet
@@ -158,7 +159,7 @@ class TwoStageDeformableDETR(nn.Module):
         # two-stage proposals: a projection of the memory, a classifier and a box head
         self.enc_output = Linear(embed_dim, embed_dim)
         self.enc_output_norm = nn.LayerNorm(embed_dim)
-        self.enc_class_embed = Linear(embed_dim, 1 if binary_proposals else num_classes)
+        self.enc_class_embed = Linear(embed_dim, num_classes)
         self.enc_bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
         self.variant_tag = VariantTag(encoder=encoder.variant, decoder=decoder.cross_attention)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
@@ -285,7 +286,7 @@ class TwoStageDeformableDETR(nn.Module):
         """Every encoder token's two-stage proposal (Deformable DETR section 4.2).
 
         Returns:
-            logits (N, S, K) (one foreground logit, K = 1, with ``binary_proposals``) and boxes
+            logits (N, S, K) (channel 0 the foreground logit with ``binary_proposals``) and boxes
             (N, S, 4) inverse-sigmoid cxcywh.
         """
         output_memory, anchors = self.proposal_features(enc, num_queries)
@@ -332,7 +333,8 @@ class TwoStageDeformableDETR(nn.Module):
         self, enc: Dict[str, Tensor], num_queries: int | None = None
     ) -> Tuple[Tensor, Dict[str, Tensor]]:
         """Two-stage proposals: the top-``num_queries`` (default :attr:`num_queries`) encoder
-        proposals by their best logit (the foreground logit if ``binary_proposals``).
+        proposals by their best logit (by channel 0, the foreground logit, if
+        ``binary_proposals``).
 
         Returns:
             reference boxes (N, Q, 4) inverse-sigmoid, detached, and the proposals' outputs for
@@ -358,13 +360,18 @@ class TwoStageDeformableDETR(nn.Module):
         }
         return ref_unsig.detach(), interm
 
-    @staticmethod
-    def top_tokens(logits: Tensor, num_queries: int) -> Tensor:
-        """(N, Q) indices of the tokens of the ``num_queries`` best logits."""
+    def proposal_scores(self, logits: Tensor) -> Tensor:
+        """(N, S) ranking score of every token's proposal, from its logits (N, S, K): channel 0,
+        the foreground logit, with ``binary_proposals`` (Deformable DETR's and H-DETR's
+        ``topk(enc_outputs_class[..., 0])``), else the best class logit (DINO's)."""
+        return logits[..., 0] if self.binary_proposals else logits.max(-1)[0]
+
+    def top_tokens(self, logits: Tensor, num_queries: int) -> Tensor:
+        """(N, Q) indices of the tokens of the ``num_queries`` best :meth:`proposal_scores`."""
         # top-k over every token, as the released DINO / Deformable DETR: padding and border
         # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
         # (1, 1, 1, 1), which the decoder refines like any other
-        return torch.topk(logits.max(-1)[0], num_queries, dim=1)[1]
+        return torch.topk(self.proposal_scores(logits), num_queries, dim=1)[1]
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Content queries of the selected proposals (every subclass's own).

@@ -1,6 +1,6 @@
 """Lite-Deformable-DETR R50, H3L1-(2+1)x3 with KDA, 50 epochs on COCO (paper: 46.7 AP).
 
-Data, optimizer (lr 2e-4), schedule and ImageNet weights of the baseline,
+Data, batch (32), optimizer (lr 2e-4), schedule and ImageNet weights of the baseline,
 ``deformable_detr_r50_two_stage_50ep.py``.
 """
 

@@ -9,8 +9,11 @@ from .models.dino_r50 import model
 # torchvision ImageNet weights (RGB input), as DINO
 train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 train.output_dir = "./output/dino_r50_4scale_36ep"
-train.max_iter = 36 * 7500
+# 36 passes over the training set (train_net.py derives max_iter: 7,393 iterations per epoch on
+# COCO train2017 at batch 16); lr x0.1 after epoch 30 (lr_multiplier)
+train.epochs = 36
+train.max_iter = None
 train.eval_period = 7500
 train.checkpointer.period = 7500
 train.device = "cuda"
-dataloader.train.total_batch_size = 16
+dataloader.train.total_batch_size = 16  # the release's: 8 GPUs x 2

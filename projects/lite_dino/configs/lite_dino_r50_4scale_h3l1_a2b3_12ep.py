@@ -12,4 +12,4 @@ from .lite_dino_r50_4scale_h3l1_a2b3_36ep import (
 )
 
 train.output_dir = "./output/lite_dino_r50_4scale_h3l1_a2b3_12ep"
-train.max_iter = 12 * 7500
+train.epochs = 12  # lr x0.1 after epoch 11

@@ -147,25 +147,37 @@ def test_queries_follow_the_proposals(build_tiny, make_input):
 
 
 def test_binary_proposals_over_all_tokens(build_tiny, make_input):
-    """Deformable DETR's proposals: one foreground logit per token, the top-k by it; the encoder
-    loss matches every token's proposal to the ground truth relabelled class 0."""
+    """Deformable DETR's proposals, as its release: a K-way classifier (K = num_classes), the
+    top-k by channel 0; the encoder loss matches every token's proposal to the ground truth
+    relabelled class 0 and trains all K channels (the others as negatives)."""
     model = build_tiny()
-    assert model.binary_proposals and model.enc_class_embed.out_features == 1
-    batch = [make_input(64, 96, [[10, 12, 60, 50], [50, 30, 90, 60]], [3, 2])]
+    assert model.binary_proposals and model.enc_class_embed.out_features == 4
+    batch = [
+        make_input(64, 96, [[10, 12, 60, 50], [50, 30, 90, 60]], [3, 2]),
+        make_input(64, 96, [], [], seed=1),  # an image without objects (kept, as the release)
+    ]
     with torch.no_grad():
+        # channel 0 made to disagree with the best channel, so the two rankings differ
+        model.enc_class_embed.bias[1:] += 5.0
         enc = model.encode(*model.extract_features(model.preprocess_image(batch)))
         ref_unsig, interm = model.select_proposals(enc)
     s = enc["memory"].shape[1]
-    assert interm["pred_logits"].shape == (1, s, 1) and interm["pred_boxes"].shape == (1, s, 4)
-    top = torch.topk(interm["pred_logits"][0, :, 0], 20).indices
+    assert interm["pred_logits"].shape == (2, s, 4) and interm["pred_boxes"].shape == (2, s, 4)
+    logits = interm["pred_logits"]
+    top = torch.topk(logits[0, :, 0], 20).indices
+    assert not torch.equal(top, torch.topk(logits[0].max(-1)[0], 20).indices)
     torch.testing.assert_close(ref_unsig[0].sigmoid(), interm["pred_boxes"][0, top])
 
     calls = []
     model.criterion.matcher.register_forward_hook(lambda m, args, out: calls.append(args))
+    model.enc_class_embed.weight.grad = None
     losses = model.train()(batch)
     (enc_outputs, enc_targets), *_ = [c for c in calls if c[0]["pred_logits"].shape[1] == s]
-    assert enc_targets[0]["labels"].tolist() == [0, 0]
-    assert enc_outputs["pred_logits"].shape[-1] == 1 and torch.isfinite(losses["loss_class_enc"])
+    assert enc_targets[0]["labels"].tolist() == [0, 0] and len(enc_targets[1]["labels"]) == 0
+    assert enc_outputs["pred_logits"].shape[-1] == 4 and torch.isfinite(losses["loss_class_enc"])
+    losses["loss_class_enc"].backward()
+    grad = model.enc_class_embed.bias.grad
+    assert (grad[1:] > 0).all()  # every other channel is pushed down (a negative everywhere)
     # DINO keeps its class-aware proposals, trained over the selected ones
     dino = build_tiny("dino_r50")
     assert not dino.binary_proposals and dino.enc_class_embed.out_features == 3
@@ -228,7 +240,9 @@ def test_experiment_configs_match_their_names(path):
     cfg = LazyConfig.load(path)
     name = os.path.basename(path)[: -len(".py")]
     epochs = int(re.search(r"_(\d+)ep$", name).group(1))
-    assert cfg.train.max_iter == epochs * 7500 and cfg.dataloader.train.total_batch_size == 16
+    # the release's total batch 32 at lr 2e-4, epochs counted as passes over the data
+    assert cfg.train.epochs == epochs and cfg.train.max_iter is None
+    assert cfg.dataloader.train.total_batch_size == 32
     assert cfg.optimizer.lr == 2e-4 and cfg.model.num_queries == 300
     assert dict(cfg.optimizer.params.lr_multipliers) == {"sampling_offsets": 0.1}
     assert cfg.model.encoder.feedforward_dim == cfg.model.decoder.feedforward_dim == 1024

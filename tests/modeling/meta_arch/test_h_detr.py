@@ -197,7 +197,8 @@ def test_experiment_configs_match_their_names(path):
     cfg = LazyConfig.load(path)
     name = os.path.basename(path)[: -len(".py")]
     epochs = int(re.search(r"_(\d+)ep$", name).group(1))
-    assert cfg.train.max_iter == epochs * 7500 and cfg.optimizer.lr == 2e-4
+    assert cfg.train.epochs == epochs and cfg.train.max_iter is None
+    assert cfg.dataloader.train.total_batch_size == 16 and cfg.optimizer.lr == 2e-4
     model = cfg.model
     assert (model.num_queries, model.num_queries_one2many, model.one2many_repeats) == (300, 1500, 6)
     lite = name.startswith("lite_h_detr_r50_h3l1_a2b3_")
@@ -205,7 +206,8 @@ def test_experiment_configs_match_their_names(path):
     # H-DETR's R50 36-epoch recipe; the Lite version differs in the encoder (and KDA) only
     assert model.encoder.feedforward_dim == model.decoder.feedforward_dim == 2048
     assert model.encoder.dropout == model.decoder.dropout == 0.0
-    assert model.decoder.look_forward_twice and model.select_box_nums_for_evaluation == 300
+    # top-100 detections: the R50 release's --topk default
+    assert model.decoder.look_forward_twice and model.select_box_nums_for_evaluation == 100
     assert dict(cfg.optimizer.params.lr_multipliers) == {"sampling_offsets": 0.1}
     if lite:
         enc = model.encoder
@@ -225,3 +227,19 @@ def _without(model_cfg, *keys):
         d.pop(k)
     d["decoder"].pop("cross_attention")
     return d
+
+
+def test_content_queries_keep_the_embedding_init(build_tiny):
+    """H-DETR's one-to-one + one-to-many content queries are an ``nn.Embedding`` outside the
+    release's transformer: N(0, 1), not the Xavier scale of DINO's ``tgt_embed`` (inside its
+    transformer; at full size, 1800 x 256, Xavier would be ~30x smaller)."""
+    model = build_tiny()
+    weight = model.tgt_embed.weight.detach()
+    assert weight.shape == (60, 64)  # (20 + 40 queries, embed_dim 64)
+    assert 0.9 < weight.std().item() < 1.1 and abs(weight.mean().item()) < 0.1
+    assert weight.abs().max() > (6 / (60 + 64)) ** 0.5  # beyond any Xavier-uniform draw
+    # the proposal projection is inside the release's transformer: Xavier, as before
+    assert model.proposal_embed.pos_trans.weight.abs().max() <= (6 / (128 + 128)) ** 0.5
+    dino = build_tiny("dino_r50")
+    rows, dim = dino.tgt_embed.weight.shape
+    assert dino.tgt_embed.weight.abs().max() <= (6 / (rows + dim)) ** 0.5

@@ -2,15 +2,16 @@
 deformable encoder).
 
 Deformable DETR's published recipe ("++ two-stage", Zhu et al., table 1, and its release):
-dropout 0.1 and FFN 1024 in encoder and decoder; binary foreground proposals ranked by their
-logit, their loss over all encoder tokens; 300 queries whose content and positional parts both
-come from the selected proposals (a 2C -> 2C projection + LayerNorm of their sine embedding,
-split C + C; the positional part is the same in every decoder layer); no final decoder
-LayerNorm; one class and box head per decoder layer; no denoising, no look-forward-twice; focal
-loss with class weight 2; top-100 detections at test; sine temperature 10000 with the -0.5
-offset; boxes clamped to 1e-5 before their logit. The optimizer (lr 2e-4, x0.1 on the sampling
-offsets) is in the experiment configs. Every knob is a dotted override, e.g.
-``model.num_queries=100``.
+dropout 0.1 and FFN 1024 in encoder and decoder; foreground proposals from a num_classes-way
+classifier ranked by its channel 0, their loss over all encoder tokens and all channels (every
+target on channel 0); 300 queries whose content and positional parts both come from the
+selected proposals (a 2C -> 2C projection + LayerNorm of their sine embedding, split C + C; the
+positional part is the same in every decoder layer); no final decoder LayerNorm; one class and
+box head per decoder layer; no denoising, no look-forward-twice; focal loss with class weight 2;
+top-100 detections at test; sine temperature 10000 with the -0.5 offset; boxes clamped to 1e-5
+before their logit. The optimizer (lr 2e-4, x0.1 on the sampling offsets, decay on every
+parameter), batch (32) and schedule are in the experiment configs. Every knob is a dotted
+override, e.g. ``model.num_queries=100``.
 """
 
 from detectron2.config import LazyCall as L

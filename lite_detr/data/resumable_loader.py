@@ -105,8 +105,9 @@ class _SampleStream(IterableDataset):
             try:
                 out = self.mapper(item) if self.mapper is not None else item
             except OSError as e:  # e.g. the image was deleted or damaged during training
-                name = item.get("file_name", f"dataset item {index}")
-                unreadable.append((name, str(e)))
+                cause = e.__cause__ or e  # DetrDatasetMapper's OSError wraps the reader's
+                problem = f"{type(cause).__name__}: {cause}"
+                unreadable.append((item.get("file_name", f"dataset item {index}"), problem))
                 if not self.skip or len(unreadable) >= _MAX_SKIPS_IN_A_ROW:
                     return None, unreadable
                 out = None
@@ -235,19 +236,17 @@ class ResumableTrainLoader:
 
     def _report(self, unreadable, stopped: bool) -> None:
         if stopped:
-            file_name, message = unreadable[-1]
-            if file_name not in message:
-                message = f"{file_name}: {message}"
-            if len(unreadable) > 1:
-                message = f"{len(unreadable)} images in a row cannot be read; the last: {message}"
+            file_name, problem = unreadable[-1]
+            more = f" ({len(unreadable)} unreadable images in a row)" if len(unreadable) > 1 else ""
             raise DatasetError(
-                f"{message.rstrip('.')} (read during training). Restore the file or remove it "
-                "from the dataset, or set train.skip_bad_images=True to skip unreadable images; "
-                "the checkpoints written so far are intact: continue with --resume."
+                f"Cannot read image {file_name!r} during training ({problem}){more}: restore the "
+                "file or remove it from the dataset, or set train.skip_bad_images=True to skip "
+                "unreadable images. The checkpoints written so far are intact: continue with "
+                "--resume."
             )
-        for _, message in unreadable:
+        for file_name, problem in unreadable:
             self.skipped_images += 1
             logger.warning(
-                f"Skipped an unreadable image (train.skip_bad_images=True), "
-                f"{self.skipped_images} so far: {message}"
+                f"Skipped unreadable image {file_name!r} ({problem}); {self.skipped_images} "
+                "skipped so far (train.skip_bad_images=True)."
             )

@@ -10,7 +10,7 @@ from detectron2.structures import Boxes, Instances
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
-from lite_detr.data import register_shapes
+from lite_detr.data import DetrDatasetMapper, register_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -68,6 +68,21 @@ class ToyDetector(nn.Module):
             inst.scores, inst.pred_classes = scores, classes
             results.append({"instances": inst})
         return results
+
+
+class ImageDeletingMapper(DetrDatasetMapper):
+    """``DetrDatasetMapper`` that deletes the image of the third sample it maps (in each process
+    that maps), just before reading it: an image deleted during training."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def __call__(self, dataset_dict):
+        self.calls += 1
+        if self.calls == 3 and os.path.exists(dataset_dict["file_name"]):
+            os.remove(dataset_dict["file_name"])
+        return super().__call__(dataset_dict)
 
 
 @pytest.fixture(scope="session")

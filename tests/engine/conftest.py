@@ -71,8 +71,11 @@ class ToyDetector(nn.Module):
 
 
 class ImageDeletingMapper(DetrDatasetMapper):
-    """``DetrDatasetMapper`` that deletes the image of the third sample it maps (in each process
-    that maps), just before reading it: an image deleted during training."""
+    """``DetrDatasetMapper`` that deletes the image of the 20th sample it maps (in each process
+    that maps), just before reading it: an image deleted during training, after the first
+    checkpoints of the toy config (period 3, 4 images per iteration)."""
+
+    DELETE_AT = 20
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,7 +83,7 @@ class ImageDeletingMapper(DetrDatasetMapper):
 
     def __call__(self, dataset_dict):
         self.calls += 1
-        if self.calls == 3 and os.path.exists(dataset_dict["file_name"]):
+        if self.calls == self.DELETE_AT and os.path.exists(dataset_dict["file_name"]):
             os.remove(dataset_dict["file_name"])
         return super().__call__(dataset_dict)
 

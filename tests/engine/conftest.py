@@ -10,6 +10,7 @@ from detectron2.structures import Boxes, Instances
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
+from lite_detr.checkpoint import VariantTag
 from lite_detr.data import DetrDatasetMapper, register_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -19,9 +20,16 @@ class ToyDetector(nn.Module):
     """A stand-in detector: regresses the first GT box and class from pooled pixels."""
 
     def __init__(
-        self, num_classes: int = 4, num_preds: int = 3, nan_at_call: int = -1, dropout: float = 0.0
+        self,
+        num_classes: int = 4,
+        num_preds: int = 3,
+        nan_at_call: int = -1,
+        dropout: float = 0.0,
+        variant: str = "",
     ):
         super().__init__()
+        if variant:  # saved with the weights, as the Lite DETR models' encoder variant
+            self.variant_tag = VariantTag(encoder=variant)
         self.nan_at_call, self.calls = nan_at_call, 0
         self.dropout = nn.Dropout(dropout)  # draws from torch's RNG in training
         self.conv = nn.Conv2d(3, 8, 5, stride=4)

@@ -96,12 +96,14 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
 
     * **Atomic saves**: a checkpoint goes to a temporary file that is flushed and renamed into
       place, and ``last_checkpoint`` moves to it only after that, so a run killed while saving
-      leaves the previous checkpoint and its ``last_checkpoint`` intact.
+      leaves the previous checkpoint and its ``last_checkpoint`` intact; the temporary files
+      of such a save are removed by the next save or ``--resume``.
     * **Verified resume**: :meth:`resume_or_load` with ``resume=True`` reads the checkpoint that
       ``last_checkpoint`` names; if it is missing, truncated or not a checkpoint, it warns (naming
       both files) and resumes from the newest intact ``model_*.pth`` of the folder instead. A
       resumed checkpoint must match the model exactly (names and shapes): resuming with another
       model would load part of it and fail later inside the optimizer.
+      A checkpoint of another encoder variant is refused naming that file.
     * **Variant tag**: models of this project carry a :class:`VariantTag` (encoder variant such
       as ``"H3L1-(2+1)x3/key_aware"`` and decoder cross-attention type) that is saved with the
       weights. A checkpoint whose tag differs from the model's raises
@@ -165,16 +167,28 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
         one, or without ``resume``, load only the model weights from ``path``.
         """
         self.resumed_from = None
+        if resume and self.save_to_disk:
+            remove_stale_temporaries(self.save_dir)  # leftovers of a run killed while saving
         found = self._newest_intact_checkpoint() if resume else None
         if found is None:
             return self.load(path, checkpointables=[])
         self._preloaded, self._strict = found, True
         try:
             ret = self.load(found[0])
+        except VariantMismatchError as e:  # which names the variants, not the file
+            raise CheckpointError(
+                f"Cannot resume from {found[0]}: {e}. --resume continues a run with the config "
+                f"that wrote it (see {os.path.join(self.save_dir, 'config.yaml')})."
+            ) from e
         finally:
             self._preloaded, self._strict = None, False
         self.resumed_from = found[0]
         return ret
+
+    def read_iteration(self, path: str):
+        """The training iteration saved in the checkpoint ``path`` (None if it has none); raises
+        :class:`CheckpointError` for a file that is not a readable checkpoint."""
+        return self._load_file(path).get("iteration")
 
     def _resume_candidates(self) -> Tuple[List[str], List[str]]:
         """The checkpoint files to try, best first, and notes on a bad ``last_checkpoint``."""

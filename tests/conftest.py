@@ -58,16 +58,21 @@ train.checkpointer = dict(period=3, max_to_keep=10)
 """
 
 
+def write_toy_config(folder) -> str:
+    """Write ``folder/toy_config.py`` (its dataset is generated in ``folder/datasets``)."""
+    path = os.path.join(str(folder), "toy_config.py")
+    with open(path, "w") as f:
+        f.write(
+            TOY_CONFIG_FILE.format(
+                root=os.path.join(str(folder), "datasets"),
+                data=os.path.join(ROOT, "configs/common/data/shapes.py"),
+                train=os.path.join(ROOT, "configs/common/train.py"),
+            )
+        )
+    return path
+
+
 @pytest.fixture
 def toy_config_file(tmp_path_factory):
-    """A config file of the toy detector on a 16/8-image shapes dataset."""
-    folder = tmp_path_factory.mktemp("toy_config")
-    path = folder / "toy_config.py"
-    path.write_text(
-        TOY_CONFIG_FILE.format(
-            root=str(folder / "datasets"),
-            data=os.path.join(ROOT, "configs/common/data/shapes.py"),
-            train=os.path.join(ROOT, "configs/common/train.py"),
-        )
-    )
-    return str(path)
+    """A config file of the toy detector on a 16/8-image shapes dataset (its own copy)."""
+    return write_toy_config(tmp_path_factory.mktemp("toy_config"))

@@ -78,3 +78,19 @@ def test_short_demo_pipeline(tmp_path):
     out2 = _run_demo(tmp_path, 30)
     assert "reusing it" in out2
     assert os.path.getmtime(demo / "model_final.pth") == mtime
+
+    # as if killed while saving model_final.pth (the checkpoint period ends on the last
+    # iteration, so model_0000029.pth is complete and last_checkpoint names it): the next demo
+    # writes the final model from that checkpoint, evaluates again and logs that once
+    os.remove(demo / "model_final.pth")
+    (demo / "last_checkpoint").write_text("model_0000029.pth")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], stdout=-1)
+    (demo / f".model_final.pth.tmp-{int(dead.stdout)}").write_bytes(b"")
+    out3 = _run_demo(tmp_path, 30)
+    assert f"writing it from {demo}/model_0000029.pth" in out3
+    assert (demo / "model_final.pth").is_file()
+    assert not [n for n in os.listdir(demo) if ".tmp-" in n]
+    with open(demo / "metrics.json") as f:
+        again = [json.loads(line) for line in f if line.strip()]
+    assert [m["iteration"] for m in again] == [m["iteration"] for m in metrics]
+    assert [m["bbox/AP"] for m in again if "bbox/AP" in m] == aps

@@ -162,10 +162,11 @@ def run(args) -> Dict:
     results_file = os.path.join(args.output_dir, "inference", "eval_results.json")
     done = False
     if os.path.isfile(final) and os.path.isfile(results_file):
-        done = (
-            torch.load(final, map_location="cpu", weights_only=False).get("iteration")
-            == max_iter - 1
-        )
+        try:
+            saved = torch.load(final, map_location="cpu", weights_only=False).get("iteration")
+        except Exception:  # damaged: --resume writes it again from the last checkpoint
+            saved = None
+        done = saved == max_iter - 1
     train_time = None
     if done:
         logger.info(f"{final} is trained to {max_iter} iterations: reusing it and its evaluation.")

@@ -25,6 +25,7 @@ train = {
     "model_ema": {"enabled": False, "decay": 0.9998},
     "seed": -1,
     # images that are missing, unreadable, truncated or of another size than their annotation
-    # stop the run before training (False), or are skipped with a warning and a count (True)
+    # stop the run before training (False), or are skipped with a warning and a count (True);
+    # the same for an image that cannot be read during training (deleted, damaged)
     "skip_bad_images": False,
 }

@@ -24,9 +24,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from lite_detr.utils import preserved_rng_states
 
+from .datasets.coco_check import DatasetError
+
 __all__ = ["ResumableTrainLoader"]
 
 logger = logging.getLogger(__name__)
+
+# with train.skip_bad_images, this many unreadable images for one sample stop the run: the
+# dataset is gone rather than damaged
+_MAX_SKIPS_IN_A_ROW = 100
 
 
 class _QuietWhenConsumerLeaves:
@@ -61,13 +67,22 @@ def _seed_everything(seed: int) -> None:
 
 
 class _SampleStream(IterableDataset):
-    """Yields ``(position, mapped sample)`` for ``replay`` positions, then ``start, start+1, ...``;
-    worker ``w`` of ``n`` maps every n-th of them (the DataLoader interleaves them in order)."""
+    """Yields ``(position, mapped sample, unreadable images)`` for ``replay`` positions, then
+    ``start, start+1, ...``; worker ``w`` of ``n`` maps every n-th of them (the DataLoader
+    interleaves them in order).
 
-    def __init__(self, items, mapper, seed: int, rank: int, world: int, replay, start: int):
+    An image that the mapper cannot read (``OSError``) is listed as ``(file name, message)``;
+    with ``skip_bad_images`` another item takes its place (as for a mapper that returns None),
+    otherwise the sample is None. The main process reports it: an exception raised in a worker
+    would carry the worker's traceback."""
+
+    def __init__(
+        self, items, mapper, seed: int, rank: int, world: int, replay, start: int, skip: bool
+    ):
         self.items, self.mapper, self.seed = items, mapper, seed
         self.rank, self.world = rank, world
         self.replay, self.start = list(replay), start
+        self.skip = skip
         self._perms: Dict[int, np.ndarray] = {}
 
     def _index(self, g: int) -> int:
@@ -81,17 +96,28 @@ class _SampleStream(IterableDataset):
     def _map(self, pos: int):
         g = pos * self.world + self.rank  # position in the stream shared by all ranks
         index = self._index(g)
+        unreadable = []
         for attempt in itertools.count():
             _seed_everything(
                 int(np.random.SeedSequence([self.seed, g, attempt]).generate_state(1)[0])
             )
-            out = self.mapper(self.items[index]) if self.mapper is not None else self.items[index]
+            item = self.items[index]
+            try:
+                out = self.mapper(item) if self.mapper is not None else item
+            except OSError as e:  # e.g. the image was deleted or damaged during training
+                cause = e.__cause__ or e  # DetrDatasetMapper's OSError wraps the reader's
+                problem = f"{type(cause).__name__}: {cause}"
+                unreadable.append((item.get("file_name", f"dataset item {index}"), problem))
+                if not self.skip or len(unreadable) >= _MAX_SKIPS_IN_A_ROW:
+                    return None, unreadable
+                out = None
+            else:
+                if out is None and (attempt == 0 or attempt % 100 == 0):
+                    logger.warning(
+                        f"The mapper returned None for dataset item {index}: trying another."
+                    )
             if out is not None:
-                return out
-            if attempt == 0 or attempt % 100 == 0:
-                logger.warning(
-                    f"The mapper returned None for dataset item {index}: trying another."
-                )
+                return out, unreadable
             index = int(np.random.default_rng([self.seed, g, attempt]).integers(len(self.items)))
 
     def __iter__(self):
@@ -103,9 +129,9 @@ class _SampleStream(IterableDataset):
                 continue
             if info is None:  # in the training process: leave its RNG streams untouched
                 with preserved_rng_states():
-                    yield pos, self._map(pos)
+                    yield (pos, *self._map(pos))
             else:
-                yield pos, self._map(pos)
+                yield (pos, *self._map(pos))
 
 
 class ResumableTrainLoader:
@@ -125,6 +151,9 @@ class ResumableTrainLoader:
         aspect_ratio_grouping (bool): batch landscape and portrait images separately.
         num_workers (int): data loader worker processes.
         collate_fn (callable, optional): applied to each batch list.
+        skip_bad_images (bool): an image that the mapper cannot read (``OSError``: deleted,
+            damaged) is skipped with a warning and counted (``skipped_images``); without it,
+            iteration raises :class:`~lite_detr.data.DatasetError` naming the file.
     """
 
     def __init__(
@@ -137,6 +166,7 @@ class ResumableTrainLoader:
         aspect_ratio_grouping: bool = True,
         num_workers: int = 0,
         collate_fn: Callable | None = None,
+        skip_bad_images: bool = False,
     ):
         self.world, self.rank = comm.get_world_size(), comm.get_rank()
         if total_batch_size <= 0 or total_batch_size % self.world != 0:
@@ -153,6 +183,8 @@ class ResumableTrainLoader:
         self.aspect_ratio_grouping = aspect_ratio_grouping
         self.num_workers = num_workers
         self.collate_fn = collate_fn
+        self.skip_bad_images = skip_bad_images
+        self.skipped_images = 0  # unreadable images skipped since the run began (checkpointed)
         self._next = 0  # next position (of this rank's stream) not yet taken from the stream
         self._pending: List[List[int]] = [[], []]  # positions waiting in each bucket
 
@@ -166,6 +198,7 @@ class ResumableTrainLoader:
             "seed": self.seed,
             "next_position": self._next,
             "pending": [list(b) for b in self._pending],
+            "skipped_images": self.skipped_images,
         }
 
     def load_state_dict(self, state: Dict) -> None:
@@ -173,11 +206,19 @@ class ResumableTrainLoader:
         self.seed = int(state["seed"])
         self._next = int(state["next_position"])
         self._pending = [list(b) for b in state["pending"]]
+        self.skipped_images = int(state.get("skipped_images", 0))
 
     def __iter__(self):
         replay = [p for bucket in self._pending for p in bucket]
         stream = _SampleStream(
-            self.items, self.mapper, self.seed, self.rank, self.world, replay, self._next
+            self.items,
+            self.mapper,
+            self.seed,
+            self.rank,
+            self.world,
+            replay,
+            self._next,
+            self.skip_bad_images,
         )
         loader = DataLoader(
             stream,
@@ -187,7 +228,8 @@ class ResumableTrainLoader:
             generator=torch.Generator().manual_seed(0),  # do not draw from the global RNG
         )
         buckets: List[List] = [[], []]
-        for pos, d in loader:
+        for pos, d, unreadable in loader:
+            self._report(unreadable, stopped=d is None)
             self._next = max(self._next, pos + 1)
             b = int(d["width"] > d["height"]) if self.aspect_ratio_grouping else 0
             buckets[b].append((pos, d))
@@ -196,3 +238,20 @@ class ResumableTrainLoader:
                 buckets[b] = []
                 self._pending = [[p for p, _ in bucket] for bucket in buckets]
                 yield self.collate_fn(batch) if self.collate_fn is not None else batch
+
+    def _report(self, unreadable, stopped: bool) -> None:
+        if stopped:
+            file_name, problem = unreadable[-1]
+            more = f" ({len(unreadable)} unreadable images in a row)" if len(unreadable) > 1 else ""
+            raise DatasetError(
+                f"Cannot read image {file_name!r} during training ({problem}){more}: restore the "
+                "file or remove it from the dataset, or set train.skip_bad_images=True to skip "
+                "unreadable images. The checkpoints written so far are intact: continue with "
+                "--resume."
+            )
+        for file_name, problem in unreadable:
+            self.skipped_images += 1
+            logger.warning(
+                f"Skipped unreadable image {file_name!r} ({problem}); {self.skipped_images} "
+                "skipped so far (train.skip_bad_images=True)."
+            )

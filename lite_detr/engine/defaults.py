@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checkpoint import LiteDetrCheckpointer
 from ..config import ConfigError, check_config, config_error_on_bad_checkpoint, load_config
+from ..data import DatasetError
 from ..data.resumable_loader import ResumableTrainLoader
 from ..evaluation import results_table
 from ..solver import iterations_per_epoch
@@ -34,7 +35,7 @@ from ..utils import atomic_write, pid_alive, preserved_rng_states
 from .ema import EMAHook, apply_ema_weights
 from .hooks import PeriodicCheckpointer
 from .train_loop import LiteDetrTrainer
-from .writers import EarlyPeriodicWriter, build_writers, plain_log_files
+from .writers import MetricsWriter, plain_log_files
 
 __all__ = [
     "ConfigError",  # re-exported from lite_detr.config, their home
@@ -159,30 +160,6 @@ def claim_output_dir(output_dir: str, *, overwrite: bool = False):
     return lock
 
 
-def _trim_metrics(output_dir: str, iteration: int) -> None:
-    """On resume, drop the ``metrics.json`` lines of training steps after the resumed checkpoint
-    (the interrupted run logged them; they are trained again) and a line cut off by a kill. The
-    evaluation line of a finished run (logged at ``max_iter``, without losses) stays."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        lines = f.readlines()
-    keep = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(record, dict):
-            continue
-        if record.get("iteration", -1) <= iteration or "total_loss" not in record:
-            keep.append(line if line.endswith("\n") else line + "\n")
-    if len(keep) != len(lines):
-        with atomic_write(path) as f:
-            f.writelines(keep)
-
-
 def do_test(cfg: DictConfig, model: torch.nn.Module):
     """Run ``cfg.dataloader.evaluator`` on ``cfg.dataloader.test``; print and save the results."""
     if "evaluator" not in cfg.dataloader:
@@ -271,13 +248,24 @@ def do_train(args, cfg: DictConfig):
                     return do_test(cfg, model)
             return do_test(cfg, model)
 
+    writer = None
+    if comm.is_main_process():
+        writer = MetricsWriter(
+            cfg.train.output_dir,
+            cfg.train.max_iter,
+            period=cfg.train.log_period,
+            checkpoint_period=cfg.train.checkpointer.period,
+        )
+    # a step's evaluation is logged with its metrics, and they are on disk before its
+    # checkpoint is saved: a run resumed from that checkpoint logs from the next step on
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-            ema_hook,  # before the checkpointer and eval, so both see this step's average
-            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank
+            ema_hook,  # before eval and the checkpointer, so both see this step's average
             hooks.EvalHook(cfg.train.eval_period, _eval),
+            writer,  # main process only
+            PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer),  # on every rank
         ]
     )
 
@@ -286,17 +274,12 @@ def do_train(args, cfg: DictConfig):
         checkpointer.resume_or_load(init, resume=args.resume)
     if ema_hook is not None and ema_hook.ema.num_updates == 0:
         ema_hook.ema = type(ema_hook.ema)(model, ema_hook.ema.decay)  # start from loaded weights
-    if checkpointer.resumed_from:
-        # the checkpoint stores the iteration that just finished: start at the next one
-        start_iter = trainer.iter + 1
-        if comm.is_main_process():
-            _trim_metrics(cfg.train.output_dir, trainer.iter)
-    else:
-        start_iter = 0
-    if comm.is_main_process():  # last, and after the trim: the JSON writer opens metrics.json
-        writers = build_writers(cfg.train.output_dir, cfg.train.max_iter)
-        trainer.register_hooks([EarlyPeriodicWriter(writers, period=cfg.train.log_period)])
-    trainer.train(start_iter, cfg.train.max_iter)
+    # the checkpoint stores the iteration that just finished: start at the next one
+    start_iter = trainer.iter + 1 if checkpointer.resumed_from else 0
+    try:
+        trainer.train(start_iter, cfg.train.max_iter)
+    except DatasetError as e:  # an image that became unreadable during training
+        raise ConfigError(str(e)) from e
     return trainer
 
 
@@ -305,6 +288,7 @@ def build_train_loader(cfg: DictConfig):
     ``cfg.dataloader.train``, as a :class:`ResumableTrainLoader` (whose position the
     checkpoints hold) when it is detectron2's ``build_detection_train_loader`` with the default
     sampler; other loaders are instantiated as they are, and resume restarts their order.
+    ``train.skip_bad_images`` also applies to images that become unreadable during training.
     """
     from detectron2.data import build_detection_train_loader
 
@@ -327,6 +311,7 @@ def build_train_loader(cfg: DictConfig):
         aspect_ratio_grouping=node.get("aspect_ratio_grouping", True),
         num_workers=node.get("num_workers", 0),
         collate_fn=instantiate(node.get("collate_fn", None)),
+        skip_bad_images=cfg.train.get("skip_bad_images", False),
     )
 
 

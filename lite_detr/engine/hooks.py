@@ -3,13 +3,17 @@
 import logging
 import os
 import re
+import shutil
 
 from detectron2.engine import hooks
 from detectron2.utils import comm
 
+from lite_detr.checkpoint import CheckpointError
+from lite_detr.utils import atomic_write
+
 __all__ = ["PeriodicCheckpointer"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("detectron2")  # shown and in log.txt, as train_net.py sets it up
 
 
 class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
@@ -22,12 +26,45 @@ class PeriodicCheckpointer(hooks.PeriodicCheckpointer):
     * ``max_to_keep`` counts the periodic checkpoints on disk, not the ones this process wrote:
       after every periodic save the oldest ``model_NNNNNNN.pth`` beyond ``max_to_keep`` are
       deleted, including those of earlier, resumed runs. ``model_final.pth`` and the file that
-      ``last_checkpoint`` names are never deleted.
+      ``last_checkpoint`` names are never deleted;
+    * a resumed run whose schedule is over (the checkpoint of iteration ``max_iter - 1`` was
+      resumed) makes sure that ``model_final.pth`` holds that checkpoint: a run killed while
+      saving it leaves it missing, since the periodic checkpoint of the same iteration is saved
+      first and ``last_checkpoint`` names that one. It is then copied from that checkpoint, with
+      a warning.
     """
 
     def __init__(self, checkpointer, period: int, max_iter=None, max_to_keep=None, **kwargs):
         super().__init__(checkpointer, period, max_iter=max_iter, max_to_keep=None, **kwargs)
         self.keep = max_to_keep
+
+    def before_train(self):
+        super().before_train()
+        if self.trainer.start_iter >= self.max_iter and comm.is_main_process():
+            self._restore_final(self.trainer.start_iter - 1)
+
+    def _restore_final(self, iteration: int) -> None:
+        source = self.checkpointer.resumed_from
+        final = os.path.join(self.checkpointer.save_dir, f"{self.file_prefix}_final.pth")
+        if source is None or os.path.abspath(source) == os.path.abspath(final):
+            return
+        if not os.path.isfile(final):
+            problem = "is missing"
+        else:
+            try:
+                found = self.checkpointer.read_iteration(final)
+                problem = None if found == iteration else f"holds iteration {found}"
+            except CheckpointError as e:
+                problem = f"is unusable ({e})"
+        if problem is None:
+            return
+        logger.warning(
+            f"{final} {problem} (a run killed while saving it): the schedule ended at iteration "
+            f"{iteration}; writing it from {source}, the checkpoint of that iteration."
+        )
+        with open(source, "rb") as src, atomic_write(final, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        self.checkpointer.tag_last_checkpoint(os.path.basename(final))
 
     def step(self, iteration: int, **kwargs) -> None:
         iteration = int(iteration)

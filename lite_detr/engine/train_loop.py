@@ -8,6 +8,7 @@ import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
+from lite_detr.data import DatasetError
 from lite_detr.utils import get_rng_states, set_rng_states
 
 __all__ = ["LiteDetrTrainer"]
@@ -15,6 +16,20 @@ __all__ = ["LiteDetrTrainer"]
 logger = logging.getLogger(__name__)
 
 _AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# values per scalar that a checkpoint keeps: the window of detectron2's writers' medians
+_HISTORY_WINDOW = 20
+# stops whose message says all (a NaN loss, an image that cannot be read): the caller reports
+# them in one line, so detectron2's loop does not log their traceback
+_ONE_LINE_STOPS = (FloatingPointError, DatasetError)
+
+
+class _NoTracebackForOneLineStops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _ONE_LINE_STOPS)
+
+
+_QUIET = _NoTracebackForOneLineStops()
 
 
 class LiteDetrTrainer(SimpleTrainer):
@@ -32,7 +47,10 @@ class LiteDetrTrainer(SimpleTrainer):
     Exact resume: the state dict holds, for every rank, the global RNG states and the position
     of a data loader that has ``state_dict`` (:class:`~lite_detr.data.ResumableTrainLoader`); a
     run resumed from it continues as the uninterrupted run would. With several processes,
-    :meth:`gather_rank_states` must run on all ranks before the main rank saves.
+    :meth:`gather_rank_states` must run on all ranks before the main rank saves. It also holds
+    the last values of every logged scalar, which a resumed run puts back into its
+    ``EventStorage`` before the first iteration, so that the smoothed values it logs (medians
+    over 20 iterations) are those of the uninterrupted run.
     """
 
     def __init__(
@@ -67,6 +85,27 @@ class LiteDetrTrainer(SimpleTrainer):
         use_scaler = amp_enabled and self.amp_dtype == torch.float16
         self.grad_scaler = torch.amp.GradScaler(device_type) if use_scaler else None
         self._rank_states: List[Dict] | None = None
+        self._resumed_history: Dict | None = None
+
+    def train(self, start_iter: int, max_iter: int):
+        log = logging.getLogger("detectron2.engine.train_loop")
+        log.addFilter(_QUIET)
+        try:
+            super().train(start_iter, max_iter)
+        finally:
+            log.removeFilter(_QUIET)
+
+    def before_train(self):
+        if self._resumed_history is not None:
+            self._restore_history(self._resumed_history)
+            self._resumed_history = None
+        super().before_train()
+
+    def after_train(self):
+        # detectron2 counts one past the end after its loop, also when a resumed finished run
+        # has no iteration left: the final evaluation is logged at max_iter either way
+        self.iter = min(self.iter, self.max_iter)
+        super().after_train()
 
     def run_step(self):
         assert self.model.training, "[LiteDetrTrainer] model was changed to eval mode!"
@@ -124,15 +163,35 @@ class LiteDetrTrainer(SimpleTrainer):
     def forget_rank_states(self) -> None:
         self._rank_states = None
 
+    def _history(self) -> Dict | None:
+        storage = getattr(self, "storage", None)
+        if storage is None:
+            return None
+        return {
+            "scalars": {k: h.values()[-_HISTORY_WINDOW:] for k, h in storage.histories().items()},
+            "smoothing_hints": storage.smoothing_hints(),
+        }
+
+    def _restore_history(self, history: Dict) -> None:
+        storage, start = self.storage, self.storage.iter
+        hints = history["smoothing_hints"]
+        for name, values in history["scalars"].items():
+            for value, iteration in values:
+                storage.iter = iteration
+                storage.put_scalar(name, value, smoothing_hint=hints.get(name, True))
+        storage.iter = start
+
     def state_dict(self):
         ret = super().state_dict()
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         ret["ranks"] = self._rank_states or [self._local_resume_state()]
+        ret["metrics_history"] = self._history()
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
+        self._resumed_history = state_dict.get("metrics_history")
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
         ranks = state_dict.get("ranks")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lite_detr.data import ResumableTrainLoader
+from lite_detr.data import DatasetError, ResumableTrainLoader
 
 
 def _dataset(n=10):
@@ -102,3 +102,33 @@ def test_worker_hides_only_the_transfers_of_a_departed_main_process(exc, shown):
     hook = _QuietWhenConsumerLeaves(lambda *args: seen.append(args[0]))
     hook(exc, exc(), None)
     assert seen == ([exc] if shown else [])
+
+
+def _unreadable(bad):
+    def mapper(d):
+        if d["idx"] in bad:
+            raise OSError(f"Cannot read image {d['file_name']!r}") from FileNotFoundError(
+                f"No such file: {d['file_name']!r}"
+            )
+        return d
+
+    return mapper
+
+
+def test_unreadable_image_is_skipped_and_counted_or_stops_with_its_name(caplog):
+    data = [{**d, "file_name": f"img{d['idx']}.png"} for d in _dataset()]
+    skipping = ResumableTrainLoader(data, _unreadable({2, 5}), 2, seed=1, skip_bad_images=True)
+    seen = [d["idx"] for batch in _take(skipping, 10) for d in batch]
+    assert 2 not in seen and 5 not in seen and len(seen) == 20
+    assert skipping.skipped_images >= 2 and skipping.state_dict()["skipped_images"] >= 2
+    warnings = [r.getMessage() for r in caplog.records if "Skipped unreadable" in r.getMessage()]
+    assert len(warnings) == skipping.skipped_images
+    assert "'img2.png' (FileNotFoundError: No such file" in "".join(warnings)
+
+    stopping = ResumableTrainLoader(data, _unreadable({2, 5}), 2, seed=1)
+    with pytest.raises(DatasetError, match=r"Cannot read image 'img[25].png' during training "):
+        _take(stopping, 10)
+    # everything gone: skipping stops too, after 100 tries for one sample
+    gone = ResumableTrainLoader(data, _unreadable(range(10)), 2, seed=1, skip_bad_images=True)
+    with pytest.raises(DatasetError, match=r"\(100 unreadable images in a row\)"):
+        _take(gone, 1)

@@ -10,7 +10,8 @@ from detectron2.structures import Boxes, Instances
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
-from lite_detr.data import register_shapes
+from lite_detr.checkpoint import VariantTag
+from lite_detr.data import DetrDatasetMapper, register_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,9 +20,16 @@ class ToyDetector(nn.Module):
     """A stand-in detector: regresses the first GT box and class from pooled pixels."""
 
     def __init__(
-        self, num_classes: int = 4, num_preds: int = 3, nan_at_call: int = -1, dropout: float = 0.0
+        self,
+        num_classes: int = 4,
+        num_preds: int = 3,
+        nan_at_call: int = -1,
+        dropout: float = 0.0,
+        variant: str = "",
     ):
         super().__init__()
+        if variant:  # saved with the weights, as the Lite DETR models' encoder variant
+            self.variant_tag = VariantTag(encoder=variant)
         self.nan_at_call, self.calls = nan_at_call, 0
         self.dropout = nn.Dropout(dropout)  # draws from torch's RNG in training
         self.conv = nn.Conv2d(3, 8, 5, stride=4)
@@ -68,6 +76,24 @@ class ToyDetector(nn.Module):
             inst.scores, inst.pred_classes = scores, classes
             results.append({"instances": inst})
         return results
+
+
+class ImageDeletingMapper(DetrDatasetMapper):
+    """``DetrDatasetMapper`` that deletes the image of the 20th sample it maps (in each process
+    that maps), just before reading it: an image deleted during training, after the first
+    checkpoints of the toy config (period 3, 4 images per iteration)."""
+
+    DELETE_AT = 20
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def __call__(self, dataset_dict):
+        self.calls += 1
+        if self.calls == self.DELETE_AT and os.path.exists(dataset_dict["file_name"]):
+            os.remove(dataset_dict["file_name"])
+        return super().__call__(dataset_dict)
 
 
 @pytest.fixture(scope="session")

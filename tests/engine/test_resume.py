@@ -155,6 +155,21 @@ def test_resume_with_another_model_is_refused(toy_cfg):
         do_train(_args(True), toy_cfg)
 
 
+def test_resume_with_another_encoder_variant_names_the_checkpoint_it_tried(toy_cfg):
+    toy_cfg.train.max_iter = 3
+    toy_cfg.model.variant = "H3L1-(2+1)x3/key_aware"
+    do_train(_args(), toy_cfg)
+    toy_cfg.model.variant = "H2L2-(2+1)x3/key_aware"
+    with pytest.raises(ConfigError) as e:
+        do_train(_args(True), toy_cfg)
+    out = toy_cfg.train.output_dir
+    assert str(e.value).startswith(
+        f"Cannot resume from {out}/model_final.pth: checkpoint encoder variant "
+        "'H3L1-(2+1)x3/key_aware' does not match the config's 'H2L2-(2+1)x3/key_aware'"
+    )
+    assert f"see {out}/config.yaml" in str(e.value)
+
+
 def test_max_to_keep_counts_the_checkpoints_on_disk(toy_cfg):
     out = toy_cfg.train.output_dir
     toy_cfg.train.checkpointer = {"period": 1, "max_to_keep": 2}

@@ -52,7 +52,11 @@ class VariantTag(nn.Module):
     """
 
     # human-readable names used in error messages
-    _NAMES = {"encoder": "encoder variant", "decoder": "decoder cross-attention"}
+    _NAMES = {
+        "encoder": "encoder variant",
+        "decoder": "decoder cross-attention",
+        "ranking_only_classes": "ranking-only class rows (model.num_ranking_only_classes)",
+    }
 
     def __init__(self, **tags: str):
         super().__init__()

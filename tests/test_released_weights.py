@@ -15,6 +15,7 @@ from lite_detr.checkpoint import LiteDetrCheckpointer
 from lite_detr.released_weights import (
     RELEASED_VARIANTS,
     coco_category_ids,
+    ranking_only_ids,
     variant_from_filename,
 )
 
@@ -103,8 +104,11 @@ def converted(release_files, tmp_path_factory):
     return out
 
 
-def build(variant):
+def build(variant, ranking_only=11):
+    """Our model of ``variant``; with the release's 11 ranking-only class rows by default (the
+    model that converted files load into)."""
     cfg = LazyConfig.load(os.path.join(ROOT, RELEASED_VARIANTS[variant].config))
+    cfg.model.num_ranking_only_classes = ranking_only
     return instantiate(cfg.model)
 
 
@@ -139,6 +143,9 @@ def test_converted_loads_strictly_into_its_config_and_is_refused_by_the_others(c
             theirs = model.variant_tag.tags["encoder"]
             ours = models[variant].variant_tag.tags["encoder"]
             assert theirs in str(e.value) and ours in str(e.value)
+        # the config as trained here (80 class rows) refuses it, naming the override
+        with pytest.raises(ValueError, match=r"model\.num_ranking_only_classes\) '11' does not"):
+            LiteDetrCheckpointer(build(variant, ranking_only=0)).load(path)
 
 
 def test_summary_names_variant_tensors_and_dropped_keys(release_files, tmp_path, capsys):
@@ -146,6 +153,8 @@ def test_summary_names_variant_tensors_and_dropped_keys(release_files, tmp_path,
     assert convert(release_files["h3l1_a2b3"], dst) == 0
     out = capsys.readouterr().out
     assert "h3l1_a2b3" in out and "H3L1-(2+1)x3/key_aware" in out
+    assert re.search(r"ranking-only\s+11 class rows kept \(unused ids 0, 12, 26, .*, 83\)", out)
+    assert "model.num_ranking_only_classes=11" in out.splitlines()[-1]  # the evaluate command
     n = len(torch.load(dst, weights_only=False)["model"])
     assert f"tensors written {n} " in out
     # the 6 top-level class heads and 6 box heads (4 tensors per layer in all) are dropped
@@ -175,10 +184,18 @@ def test_class_rows_map_coco_ids_to_contiguous_classes(release_files, tmp_path):
     save_release(state, src)
     assert convert(src, dst) == 0
     out = torch.load(dst, weights_only=False)["model"]
+    extra = ranking_only_ids(ids)
+    assert extra == [0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
     for key in ("decoder.class_embed.0.bias", "decoder.class_embed.5.bias", "enc_class_embed.bias"):
-        assert out[key].shape == (80,)
-        assert out[key][11] == 13.0 and not (out[key] == 12.0).any(), key
-    assert out["decoder.class_embed.0.weight"].shape == (80, 256)
+        # the 80 classes, then the ranking-only rows of the unused ids in ascending order
+        assert out[key].shape == (91,)
+        assert out[key][11] == 13.0 and out[key][80 + extra.index(12)] == 12.0, key
+        assert (out[key] == 12.0).sum() == 1
+    assert out["decoder.class_embed.0.weight"].shape == (91, 256)
+    assert torch.equal(
+        out["decoder.class_embed.0.weight"][80:],
+        state["transformer.decoder.class_embed.0.weight"][extra],
+    )
     assert torch.equal(
         out["decoder.class_embed.0.weight"][0],
         state["transformer.decoder.class_embed.0.weight"][1],  # person: id 1 -> class 0
@@ -257,8 +274,8 @@ def test_wrong_variant_and_bad_files_leave_no_output(release_files, tmp_path, ca
 
 
 def to_release_format(ours, file_token, class_ids):
-    """Our Lite-DINO R50 state dict in the release's layout (the inverse of the conversion):
-    class rows scattered to their COCO ids (the ids COCO does not use never score), heads twice."""
+    """The state dict of our Lite-DINO R50 with 80 class rows in the release's layout: class rows
+    scattered to their COCO ids (the ids COCO does not use never score), heads twice."""
     from lite_detr.released_weights import _rename
 
     num_inputs = 3
@@ -280,7 +297,7 @@ def test_outputs_unchanged_by_a_save_convert_load_round_trip(tmp_path):
     """A model's weights written in the release layout, converted and loaded into a fresh model
     give the same detections."""
     torch.manual_seed(0)
-    original, fresh = build("h3l1_a2b3").eval(), build("h3l1_a2b3").eval()
+    original, fresh = build("h3l1_a2b3", ranking_only=0).eval(), build("h3l1_a2b3").eval()
     src, dst = str(tmp_path / "r50_s3ex3_roundtrip.pth"), str(tmp_path / "out.pth")
     save_release(to_release_format(original.state_dict(), "s3ex3", coco_category_ids()), src)
     assert convert(src, dst) == 0
@@ -310,11 +327,13 @@ def test_demo_draws_converted_weights_with_coco_class_names(converted, tmp_path)
     results = demo.main(
         ["--config-file", config, "--weights", converted["h3l1_a2b3"], "--input", str(image)]
         + ["--output", str(out), "--confidence-threshold", "0", "train.device=cpu"]
+        + ["model.num_ranking_only_classes=11"]
         # a small test resize keeps the R50 forward short on a CPU
         + ["dataloader.input_size=320"]
     )
     (result,) = results
-    assert (out / "some.png").is_file() and len(result["instances"]) == 300
+    # the top-300 over 91 rows, those of the 11 unused ids dropped
+    assert (out / "some.png").is_file() and 250 < len(result["instances"]) <= 300
     names = MetadataCatalog.get("coco_2017_val").thing_classes
     assert {d["category"] for d in result["instances"]} <= set(names)
     assert all(d["category"] == names[d["category_id"]] for d in result["instances"])

@@ -92,7 +92,8 @@ def summary(variant: str, src: str, dst: str, state: dict, dropped: dict, class_
         f"  class rows      91 COCO ids -> {len(class_ids)} classes (ids "
         f"{', '.join(map(str, class_ids[:3]))}, ..., {class_ids[-1]}); label embedding 92 -> "
         f"{len(class_ids)}",
-        f"  ranking-only    {len(extra)} class rows kept (unused ids {', '.join(map(str, extra))}): "
+        f"  ranking-only    {len(extra)} class rows kept (unused ids "
+        f"{', '.join(map(str, extra))}): "
         "they rank the top-900 query selection and the top-300 detections as in the release; "
         "their detections are dropped",
         "  backbone        torchvision ResNet-50 names -> detectron2 names",

@@ -386,9 +386,9 @@ class TwoStageDeformableDETR(nn.Module):
     def top_tokens(logits: Tensor, num_queries: int) -> Tensor:
         """(N, Q) indices of the tokens of the ``num_queries`` best logits."""
         # a token's score is its best logit over all rows, ranking-only ones included (the
-        # release's 91); top-k over every token, as the released DINO / Deformable DETR: padding and border
-        # tokens (zeroed memory, +inf box logits) compete too; one selected gets the box
-        # (1, 1, 1, 1), which the decoder refines like any other
+        # release's 91); top-k over every token, as the released DINO / Deformable DETR: padding
+        # and border tokens (zeroed memory, +inf box logits) compete too; one selected gets the
+        # box (1, 1, 1, 1), which the decoder refines like any other
         return torch.topk(logits.max(-1)[0], num_queries, dim=1)[1]
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:

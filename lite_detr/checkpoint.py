@@ -43,7 +43,7 @@ class VariantMismatchError(CheckpointError):
 class VariantTag(nn.Module):
     """Architecture strings kept in the state dict, so that weights of one variant never load
     silently into another (e.g. an H2L2 checkpoint into an H3L1 model: same parameter names and
-    shapes, near-zero AP).
+    shapes, other outputs).
 
     The tags are stored as the module's ``_extra_state`` (a uint8 tensor of JSON, so that
     detectron2's checkpointer can handle it); :meth:`set_extra_state` raises
@@ -111,7 +111,7 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
       weights. A checkpoint whose tag differs from the model's raises
       :class:`VariantMismatchError` naming both, instead of detectron2's default of loading what
       matches (an H2L2 checkpoint has the same parameter names and shapes as an H3L1 model: it
-      would load silently and give near-zero AP). Checkpoints without a tag (ImageNet backbones,
+      would load silently and give other outputs). Checkpoints without a tag (ImageNet backbones,
       converted weights) load as usual; a warning is logged when such a checkpoint holds encoder
       weights.
 

@@ -153,7 +153,8 @@ def detect(model, inputs, skip_padding_mask):
     enc = model.encode(*model.extract_features(images), padded=padded)
     content, ref_unsig, _ = model.select_queries(enc)
     logits, boxes = model.decode(enc, content, ref_unsig)
-    return model.inference(model.to_outputs(logits, boxes), images, inputs), ref_unsig
+    outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+    return model.inference(outputs, images, inputs), ref_unsig
 
 
 class StageTimer:

@@ -43,7 +43,7 @@ class VariantMismatchError(CheckpointError):
 class VariantTag(nn.Module):
     """Architecture strings kept in the state dict, so that weights of one variant never load
     silently into another (e.g. an H2L2 checkpoint into an H3L1 model: same parameter names and
-    shapes, near-zero AP).
+    shapes, other outputs).
 
     The tags are stored as the module's ``_extra_state`` (a uint8 tensor of JSON, so that
     detectron2's checkpointer can handle it); :meth:`set_extra_state` raises
@@ -52,7 +52,11 @@ class VariantTag(nn.Module):
     """
 
     # human-readable names used in error messages
-    _NAMES = {"encoder": "encoder variant", "decoder": "decoder cross-attention"}
+    _NAMES = {
+        "encoder": "encoder variant",
+        "decoder": "decoder cross-attention",
+        "ranking_only_classes": "ranking-only class rows (model.num_ranking_only_classes)",
+    }
 
     def __init__(self, **tags: str):
         super().__init__()
@@ -109,7 +113,7 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
       weights. A checkpoint whose tag differs from the model's raises
       :class:`VariantMismatchError` naming both, instead of detectron2's default of loading what
       matches (an H2L2 checkpoint has the same parameter names and shapes as an H3L1 model: it
-      would load silently and give near-zero AP). Checkpoints without a tag (ImageNet backbones,
+      would load silently and give other outputs). Checkpoints without a tag (ImageNet backbones,
       converted weights) load as usual; a warning is logged when such a checkpoint holds encoder
       weights.
 

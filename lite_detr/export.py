@@ -67,7 +67,8 @@ class InferenceDetector(nn.Module):
     the configs of this repository), H and W multiples of the model's size divisibility (no
     padding is added). Returns ``boxes`` (K, 4) XYXY in input pixels, ``scores`` (K,) and
     ``labels`` (K,) int64: the model's top-k detections (:meth:`DINO.inference`: K =
-    ``select_box_nums_for_evaluation``, no clipping, as the released DINO). With
+    ``select_box_nums_for_evaluation``, no clipping, as the released DINO; fewer when a model
+    with ranking-only class rows drops theirs). With
     ``return_selection`` also the query selection: the proposal scores (S,) and the selected
     tokens (Q,) (for :func:`compare_with_pytorch`).
     """
@@ -112,8 +113,9 @@ def _detect(
     h, w = size
     logits, boxes = model.decode(enc, content, ref_unsig)
     scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
+    scores, labels, boxes = model.real_detections(scores[0], labels[0], boxes[0])
     scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-    return boxes[0] * scale, scores[0], labels[0]
+    return boxes * scale, scores, labels
 
 
 def _divisibility(model: nn.Module) -> int:

@@ -5,8 +5,15 @@ The release stores a DINO-codebase state dict under ``"model"``: a torchvision R
 (``backbone.0.body.*``), 91 class rows indexed by COCO category id (92 for the denoising label
 embedding), and every prediction head twice (``class_embed.i`` and
 ``transformer.decoder.class_embed.i`` are one module). :func:`convert_released_state_dict` maps it
-onto the state dict of one of our Lite-DINO R50 configs and adds that model's variant tag, so that
-the converted file loads strictly into its config and is refused by the others.
+onto the state dict of one of our Lite-DINO R50 configs built with
+``model.num_ranking_only_classes=11`` and adds that model's variant tag, so that the converted
+file loads strictly into that config and is refused by the others.
+
+The release ranks over all 91 rows: a token's best logit among them decides the top-900 query
+selection, and its post-processing takes the top-300 of all 91 x 900 scores. The 11 rows of ids
+that no COCO class uses (:func:`ranking_only_ids`) are therefore kept, after the 80 classes, as
+ranking-only rows: the model ranks with them and drops their detections after the top-k, so the
+selected queries and the detections of the 80 classes are the release's.
 """
 
 import dataclasses
@@ -23,7 +30,12 @@ __all__ = [
     "variant_from_filename",
     "coco_category_ids",
     "convert_released_state_dict",
+    "ranking_only_ids",
+    "RELEASE_CLASS_ROWS",
 ]
+
+#: class-head rows of the release: COCO category ids 0..90
+RELEASE_CLASS_ROWS = 91
 
 
 class ConversionError(ValueError):
@@ -84,6 +96,13 @@ def coco_category_ids() -> List[int]:
 
     id_map = MetadataCatalog.get("coco_2017_val").thing_dataset_id_to_contiguous_id
     return sorted(id_map, key=id_map.get)
+
+
+def ranking_only_ids(class_ids: Sequence[int]) -> List[int]:
+    """The release rows (COCO ids 0..90) that none of ``class_ids`` uses, ascending: for COCO
+    0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83. They follow the K class rows in a converted head."""
+    used = set(class_ids)
+    return [i for i in range(RELEASE_CLASS_ROWS) if i not in used]
 
 
 # ----------------------------------------------------------------------------------- key mapping
@@ -241,9 +260,11 @@ def convert_released_state_dict(
     Args:
         state: the release's ``checkpoint["model"]`` (a DDP ``module.`` prefix is removed).
         expected: ``model.state_dict()`` of the target model (names, shapes, shared heads and its
-            ``variant_tag._extra_state``, which the result carries).
+            ``variant_tag._extra_state``, which the result carries), built with
+            ``num_ranking_only_classes=len(ranking_only_ids(class_ids))``.
         class_ids: release row of each of our classes (COCO category id of each contiguous class,
-            :func:`coco_category_ids`).
+            :func:`coco_category_ids`). The class heads get these rows, then the
+            :func:`ranking_only_ids` rows; the denoising label embedding only these rows.
 
     Returns:
         the converted state dict (``expected``'s keys and order) and the dropped release keys,
@@ -297,16 +318,27 @@ def convert_released_state_dict(
             )
     dropped["duplicate of transformer.decoder.* (same module)"] = sorted(duplicates)
 
-    # class rows: COCO ids -> contiguous classes
-    rows = torch.as_tensor(list(class_ids), dtype=torch.long)
+    # class rows: COCO ids -> contiguous classes, then the ranking-only rows (class heads only:
+    # the label embedding serves the denoising queries of training)
+    class_ids = list(class_ids)
+    extra = ranking_only_ids(class_ids)
+    head_rows = expected["enc_class_embed.bias"].shape[0]
+    if head_rows != len(class_ids) + len(extra):
+        raise ConversionError(
+            f"the target model's class heads have {head_rows} rows, the conversion writes "
+            f"{len(class_ids)} classes + {len(extra)} ranking-only rows: build it with "
+            f"model.num_ranking_only_classes={len(extra)}"
+        )
     for ours, value in list(out.items()):
         if _CLASS_ROWS.fullmatch(ours) or ours == _LABEL_ROWS:
-            need = 91 if ours != _LABEL_ROWS else 92
+            label = ours == _LABEL_ROWS
+            need = RELEASE_CLASS_ROWS + label
             if value.shape[0] != need:
                 raise ConversionError(
                     f"{source[ours]} has shape {_shape(value)}: expected {need} rows, one per "
                     f"COCO category id 0..{need - 1}"
                 )
+            rows = torch.as_tensor(class_ids if label else class_ids + extra, dtype=torch.long)
             out[ours] = value.index_select(0, rows)
 
     missing = [k for k in expected if k != _TAG_KEY and k not in out]

@@ -12,9 +12,13 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from lite_detr.checkpoint import LiteDetrCheckpointer
+from lite_detr.export import compare_detections
+from lite_detr.modeling.box_ops import box_cxcywh_to_xyxy
 from lite_detr.released_weights import (
     RELEASED_VARIANTS,
     coco_category_ids,
+    convert_released_state_dict,
+    ranking_only_ids,
     variant_from_filename,
 )
 
@@ -103,8 +107,11 @@ def converted(release_files, tmp_path_factory):
     return out
 
 
-def build(variant):
+def build(variant, ranking_only=11):
+    """Our model of ``variant``; with the release's 11 ranking-only class rows by default (the
+    model that converted files load into)."""
     cfg = LazyConfig.load(os.path.join(ROOT, RELEASED_VARIANTS[variant].config))
+    cfg.model.num_ranking_only_classes = ranking_only
     return instantiate(cfg.model)
 
 
@@ -139,6 +146,9 @@ def test_converted_loads_strictly_into_its_config_and_is_refused_by_the_others(c
             theirs = model.variant_tag.tags["encoder"]
             ours = models[variant].variant_tag.tags["encoder"]
             assert theirs in str(e.value) and ours in str(e.value)
+    # the config as trained here (80 class rows) refuses it, naming the override
+    with pytest.raises(ValueError, match=r"model\.num_ranking_only_classes\) '11' does not"):
+        LiteDetrCheckpointer(build("h3l1_a2b3", ranking_only=0)).load(converted["h3l1_a2b3"])
 
 
 def test_summary_names_variant_tensors_and_dropped_keys(release_files, tmp_path, capsys):
@@ -146,6 +156,8 @@ def test_summary_names_variant_tensors_and_dropped_keys(release_files, tmp_path,
     assert convert(release_files["h3l1_a2b3"], dst) == 0
     out = capsys.readouterr().out
     assert "h3l1_a2b3" in out and "H3L1-(2+1)x3/key_aware" in out
+    assert re.search(r"ranking-only\s+11 class rows kept \(unused ids 0, 12, 26, .*, 83\)", out)
+    assert "model.num_ranking_only_classes=11" in out.splitlines()[-1]  # the evaluate command
     n = len(torch.load(dst, weights_only=False)["model"])
     assert f"tensors written {n} " in out
     # the 6 top-level class heads and 6 box heads (4 tensors per layer in all) are dropped
@@ -175,10 +187,18 @@ def test_class_rows_map_coco_ids_to_contiguous_classes(release_files, tmp_path):
     save_release(state, src)
     assert convert(src, dst) == 0
     out = torch.load(dst, weights_only=False)["model"]
+    extra = ranking_only_ids(ids)
+    assert extra == [0, 12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
     for key in ("decoder.class_embed.0.bias", "decoder.class_embed.5.bias", "enc_class_embed.bias"):
-        assert out[key].shape == (80,)
-        assert out[key][11] == 13.0 and not (out[key] == 12.0).any(), key
-    assert out["decoder.class_embed.0.weight"].shape == (80, 256)
+        # the 80 classes, then the ranking-only rows of the unused ids in ascending order
+        assert out[key].shape == (91,)
+        assert out[key][11] == 13.0 and out[key][80 + extra.index(12)] == 12.0, key
+        assert (out[key] == 12.0).sum() == 1
+    assert out["decoder.class_embed.0.weight"].shape == (91, 256)
+    assert torch.equal(
+        out["decoder.class_embed.0.weight"][80:],
+        state["transformer.decoder.class_embed.0.weight"][extra],
+    )
     assert torch.equal(
         out["decoder.class_embed.0.weight"][0],
         state["transformer.decoder.class_embed.0.weight"][1],  # person: id 1 -> class 0
@@ -257,8 +277,8 @@ def test_wrong_variant_and_bad_files_leave_no_output(release_files, tmp_path, ca
 
 
 def to_release_format(ours, file_token, class_ids):
-    """Our Lite-DINO R50 state dict in the release's layout (the inverse of the conversion):
-    class rows scattered to their COCO ids (the ids COCO does not use never score), heads twice."""
+    """The state dict of our Lite-DINO R50 with 80 class rows in the release's layout: class rows
+    scattered to their COCO ids (the ids COCO does not use never score), heads twice."""
     from lite_detr.released_weights import _rename
 
     num_inputs = 3
@@ -280,7 +300,7 @@ def test_outputs_unchanged_by_a_save_convert_load_round_trip(tmp_path):
     """A model's weights written in the release layout, converted and loaded into a fresh model
     give the same detections."""
     torch.manual_seed(0)
-    original, fresh = build("h3l1_a2b3").eval(), build("h3l1_a2b3").eval()
+    original, fresh = build("h3l1_a2b3", ranking_only=0).eval(), build("h3l1_a2b3").eval()
     src, dst = str(tmp_path / "r50_s3ex3_roundtrip.pth"), str(tmp_path / "out.pth")
     save_release(to_release_format(original.state_dict(), "s3ex3", coco_category_ids()), src)
     assert convert(src, dst) == 0
@@ -310,11 +330,138 @@ def test_demo_draws_converted_weights_with_coco_class_names(converted, tmp_path)
     results = demo.main(
         ["--config-file", config, "--weights", converted["h3l1_a2b3"], "--input", str(image)]
         + ["--output", str(out), "--confidence-threshold", "0", "train.device=cpu"]
+        + ["model.num_ranking_only_classes=11"]
         # a small test resize keeps the R50 forward short on a CPU
         + ["dataloader.input_size=320"]
     )
     (result,) = results
-    assert (out / "some.png").is_file() and len(result["instances"]) == 300
+    # the top-300 over 91 rows, those of the 11 unused ids dropped
+    assert (out / "some.png").is_file() and 250 < len(result["instances"]) <= 300
     names = MetadataCatalog.get("coco_2017_val").thing_classes
     assert {d["category"] for d in result["instances"]} <= set(names)
     assert all(d["category"] == names[d["category_id"]] for d in result["instances"])
+
+
+def _rival_rows(weight, bias, features, extra, seed, lower=0.2):
+    """Class-head rows whose unused ids rival the rows that win on ``features`` (..., C): each
+    unused row is a perturbed copy of one winning row, a little lower on average."""
+    winners = torch.bincount(
+        torch.nn.functional.linear(features, weight, bias).argmax(-1).flatten(), minlength=91
+    )
+    order = [int(r) for r in winners.argsort(descending=True) if winners[r] > 0]
+    gen = torch.Generator().manual_seed(seed)
+    weight, bias = weight.clone(), bias.clone()
+    for j, row in enumerate(extra):
+        w = order[j % len(order)]
+        noise = torch.randn(weight.shape[1], generator=gen)
+        weight[row] = weight[w] + 0.1 * weight[w].std() * noise
+        bias[row] = bias[w] - lower
+    return weight, bias
+
+
+class _ReleaseRule:
+    """The release's inference after the encoder, restated on the release's own head weights:
+    the top-900 tokens by their best logit over all 91 rows (query q takes ``tgt_embed[q]``), the
+    decoder, the top-300 of the 91 x 900 sigmoid scores. Runs our modules for the rest."""
+
+    def __init__(self, model, release, inputs):
+        self.model, self.release = model, release
+        self.hidden = []  # the decoder's normed output of each layer: the class head's input
+        images = model.preprocess_image(inputs)
+        self.enc = model.encode(*model.extract_features(images), padded=False)
+        self.features, self.anchors = model.proposal_features(self.enc)
+
+    def _head(self, x, name):
+        w, b = self.release[f"{name}.weight"], self.release[f"{name}.bias"]
+        return torch.nn.functional.linear(x, w, b)
+
+    def enc_logits(self):
+        return self._head(self.features, "transformer.enc_out_class_embed")  # (1, S, 91)
+
+    def run(self):
+        """selected tokens (900,), reference boxes (900, 4), last decoder logits (900, 91) and
+        boxes (900, 4) normalised cxcywh."""
+        m = self.model
+        selected = torch.topk(self.enc_logits().max(-1)[0], 900, dim=1)[1][0]
+        ref_unsig = m.enc_bbox_embed(self.features[0, selected]) + self.anchors[0, selected]
+        hook = m.decoder.norm.register_forward_hook(lambda mod, i, o: self.hidden.append(o))
+        try:
+            _, boxes = m.decode(self.enc, m.tgt_embed.weight[None], ref_unsig[None])
+        finally:
+            hook.remove()
+        logits = self._head(self.hidden[-1], "transformer.decoder.class_embed.0")[0]
+        return selected, ref_unsig, logits, boxes[-1, 0]
+
+
+def _set_head(state, name, weight, bias):
+    """The class head ``name`` of a release state dict (the decoder's six copies and their
+    top-level twins stay one module)."""
+    if name == "transformer.enc_out_class_embed":
+        state[f"{name}.weight"], state[f"{name}.bias"] = weight, bias
+        return
+    for i in range(6):
+        for prefix in ("transformer.decoder.", ""):
+            state[f"{prefix}class_embed.{i}.weight"] = weight
+            state[f"{prefix}class_embed.{i}.bias"] = bias
+
+
+def test_converted_weights_rank_and_detect_as_the_release(tmp_path, capsys):
+    """Release weights whose unused rows are the best logit of many tokens and take some of the
+    top-300 places: our converted model selects the release's queries and returns the release's
+    detections of the 80 classes, as computed by :class:`_ReleaseRule` on the release's own head
+    weights (the top-900 over all 91 rows, the top-300 of all 91 x 900 scores, then the 80
+    classes' detections)."""
+    ids = coco_category_ids()
+    extra = ranking_only_ids(ids)
+    release = release_state("s3ex3")
+    model = build("h3l1_a2b3").eval()
+    gen = torch.Generator().manual_seed(0)
+    image = (torch.rand(3, 256, 320, generator=gen) * 255).round()
+    inputs = [{"image": image, "height": 384, "width": 480}]
+
+    # make the unused rows rival the rows that win on this image's tokens and queries
+    model.load_state_dict(convert_released_state_dict(release, model.state_dict(), ids)[0])
+    with torch.no_grad():
+        plain = _ReleaseRule(model, release, inputs)
+        hidden = plain.run() and plain.hidden[-1]
+        for name, features, lower in [
+            ("transformer.enc_out_class_embed", plain.features, 0.2),
+            ("transformer.decoder.class_embed.0", hidden, 0.4),
+        ]:
+            w, b = release[f"{name}.weight"], release[f"{name}.bias"]
+            rows = _rival_rows(w, b, features, extra, seed=len(name), lower=lower)
+            _set_head(release, name, *rows)
+    src, dst = str(tmp_path / "r50_s3ex3_rivals.pth"), str(tmp_path / "rivals.pth")
+    save_release(release, src)
+    assert convert(src, dst) == 0
+    assert "ranking-only    11 class rows kept" in capsys.readouterr().out
+    LiteDetrCheckpointer(model).load(dst)
+
+    with torch.no_grad():
+        ours = model(inputs)[0]["instances"]
+        rule = _ReleaseRule(model, release, inputs)
+        selected, ref_unsig, logits, boxes = rule.run()
+        ours_ref, _ = model.select_proposals(rule.enc)
+        enc_logits = rule.enc_logits()
+    # the case is a real test: unused rows are the best logit of many tokens, change the
+    # top-900 and take some of the top-300 places
+    assert torch.isin(enc_logits.argmax(-1), torch.tensor(extra)).float().mean() > 0.25
+    by_80_rows = set(torch.topk(enc_logits[..., ids].max(-1)[0], 900, dim=1)[1][0].tolist())
+    assert len(set(selected.tolist()) - by_80_rows) > 20
+    scores, idx = torch.topk(logits.sigmoid().flatten(), 300)
+    coco_id, query = idx % 91, idx // 91
+    real = torch.isin(coco_id, torch.tensor(ids))
+    assert 10 < int((~real).sum()) < 290  # detections of unused ids displace real ones
+
+    # our selection is the release's, and so are the detections of the 80 classes
+    torch.testing.assert_close(ours_ref[0], ref_unsig, rtol=0, atol=1e-5)
+    contiguous = {c: i for i, c in enumerate(ids)}
+    labels = torch.tensor([contiguous[int(c)] for c in coco_id[real]])
+    xyxy = box_cxcywh_to_xyxy(boxes[query[real]]) * torch.tensor([480, 384, 480, 384])
+    # random weights give many detections whose scores tie to float rounding (the heads here
+    # are computed another way): tied ones may come in either order, and at the top-300 cut-off
+    # one may replace another; anything else raises
+    expected = (xyxy, scores[real], labels)
+    actual = (ours.pred_boxes.tensor, ours.scores, ours.pred_classes)
+    assert len(ours) == int(real.sum())
+    assert compare_detections(expected, actual, (384, 480))["matched"] >= 0.97 * len(ours)

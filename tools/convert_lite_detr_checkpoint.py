@@ -8,9 +8,11 @@ project.
 
 The variant comes from ``--variant`` or from ``s3ex3`` / ``s2ex3`` / ``s3ex1`` in the input name
 (the files of two variants have identical keys, so it cannot be read from the weights). The output
-carries the variant tag of ``projects/lite_dino/configs/lite_dino_r50_4scale_<variant>_*.py``:
-those configs load it with ``train.init_checkpoint=out.pth``, every other config refuses it.
-See docs/released_weights.md.
+carries the variant tag of ``projects/lite_dino/configs/lite_dino_r50_4scale_<variant>_*.py``
+with ``model.num_ranking_only_classes=11`` (the release's 11 class rows of unused COCO ids, kept
+so that the query selection and the detections are the release's): those configs load it with
+``train.init_checkpoint=out.pth model.num_ranking_only_classes=11``, every other config refuses
+it. See docs/released_weights.md.
 """
 
 import argparse
@@ -29,6 +31,7 @@ from lite_detr.released_weights import (
     ConversionError,
     coco_category_ids,
     convert_released_state_dict,
+    ranking_only_ids,
     variant_from_filename,
 )
 from lite_detr.utils import atomic_write
@@ -68,22 +71,31 @@ def load_release_checkpoint(path: str) -> dict:
     )
 
 
-def build_target(variant: str):
-    """Our model of ``variant`` (random weights): its state dict is the conversion's target."""
-    return instantiate(get_config(RELEASED_VARIANTS[variant].config).model).eval()
+def build_target(variant: str, num_ranking_only_classes: int):
+    """Our model of ``variant`` with the release's ranking-only class rows (random weights): its
+    state dict is the conversion's target."""
+    cfg = get_config(RELEASED_VARIANTS[variant].config)
+    cfg.model.num_ranking_only_classes = num_ranking_only_classes
+    return instantiate(cfg.model).eval()
 
 
 def summary(variant: str, src: str, dst: str, state: dict, dropped: dict, class_ids) -> str:
     info = RELEASED_VARIANTS[variant]
     tag = state["variant_tag._extra_state"]
+    extra = ranking_only_ids(class_ids)
     lines = [
         f"Converted {src} -> {dst}",
         f"  variant         {variant} (release {info.file_token}, COCO val AP {info.coco_ap})",
         f"  variant tag     {VariantTag.decode(tag)}",
         f"  config          {info.config} (and its other schedules)",
         f"  tensors written {len(state)} ({sum(v.numel() for v in state.values()):,} values)",
-        f"  class rows      91 COCO ids -> 80 classes (label embedding: 92 -> 80); ids "
-        f"{', '.join(map(str, class_ids[:3]))}, ..., {class_ids[-1]}",
+        f"  class rows      91 COCO ids -> {len(class_ids)} classes (ids "
+        f"{', '.join(map(str, class_ids[:3]))}, ..., {class_ids[-1]}); label embedding 92 -> "
+        f"{len(class_ids)}",
+        f"  ranking-only    {len(extra)} class rows kept (unused ids "
+        f"{', '.join(map(str, extra))}): "
+        "they rank the top-900 query selection and the top-300 detections as in the release; "
+        "their detections are dropped",
         "  backbone        torchvision ResNet-50 names -> detectron2 names",
     ]
     for reason, keys in dropped.items():
@@ -91,7 +103,7 @@ def summary(variant: str, src: str, dst: str, state: dict, dropped: dict, class_
             lines.append(f"  dropped {len(keys):3d}     {reason} (e.g. {keys[0]})")
     lines.append(
         f"Evaluate: python train_net.py --config-file {info.config} --eval-only "
-        f"train.init_checkpoint={dst}"
+        f"train.init_checkpoint={dst} model.num_ranking_only_classes={len(extra)}"
     )
     return "\n".join(lines)
 
@@ -124,8 +136,8 @@ def main(argv=None) -> int:
                 f"output {args.output!r} exists: remove it or choose another name"
             )
         state = load_release_checkpoint(args.input)
-        expected = build_target(variant).state_dict()
         class_ids = coco_category_ids()
+        expected = build_target(variant, len(ranking_only_ids(class_ids))).state_dict()
         converted, dropped = convert_released_state_dict(state, expected, class_ids)
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         # a temporary file renamed at the end: the output is never a partial file

@@ -64,6 +64,8 @@ class QueryDecoder(Protocol):
     Attributes:
         embed_dim (int): C, must equal the detector's.
         num_classes (int): K logits per query; must equal the detector's.
+        num_ranking_only_classes (int, optional): U more logits after the K (ranking-only class
+            rows, see ``TwoStageDeformableDETR``); must equal the detector's; absent means 0.
         cross_attention (str): its attention type (a key of
             :data:`lite_detr.layers.ATTENTION_TYPES`), stored in checkpoints' variant tag.
         positional_queries (str): "reference_boxes" (the decoder makes its positional queries
@@ -101,7 +103,7 @@ class QueryDecoder(Protocol):
             query_pos (Tensor or None): (N, Q, C), with ``positional_queries="input"``.
 
         Returns:
-            logits (num_layers, N, Q, K) and boxes (num_layers, N, Q, 4) normalised cxcywh.
+            logits (num_layers, N, Q, K + U) and boxes (num_layers, N, Q, 4) normalised cxcywh.
         """
 
 

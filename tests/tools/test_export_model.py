@@ -98,6 +98,30 @@ def test_export_onnx_runs_at_several_sizes(tiny_export):
     assert changes["score_diff"] <= PROPOSAL_TOLERANCE and changes["swapped"] == 0
 
 
+def test_export_drops_detections_of_ranking_only_rows(tmp_path):
+    """A model with ranking-only class rows (as converted release weights have) exports: the
+    file ranks over all rows and returns only the detections of the real classes, as PyTorch."""
+    ranking = ["model.num_ranking_only_classes=3"]
+    weights, model = _save_weights(tmp_path / "ranked.pth", ranking)
+    out = tmp_path / "ranked.onnx"
+    report = _run(
+        ["--config-file", SHAPES_CFG, "--weights", weights, "--format", "onnx"]
+        + ["--output", str(out), "--input-size", "128", "160", "--check-size", "96", "224"]
+        + EXPORT_TINY
+        + ranking
+    )
+    assert all(r["matched"] == r["detections"] for r in report)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    image = torch.rand(3, 200, 120, generator=torch.Generator().manual_seed(7)) * 255
+    boxes, scores, labels = _pytorch_detections(model, image)
+    # some of the top-30 belonged to the 3 ranking-only rows and were dropped
+    assert 0 < len(scores) < 30 and int(labels.max()) < model.num_classes
+    o_boxes, o_scores, o_labels = session.run(None, {"image": image.numpy()})
+    assert torch.equal(torch.from_numpy(o_labels).long(), labels)
+    torch.testing.assert_close(torch.from_numpy(o_scores), scores, atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(o_boxes), boxes, atol=0.05, rtol=0)
+
+
 R50_CFG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r50_4scale_h3l1_a2b3_36ep.py")
 
 

@@ -137,6 +137,7 @@ class DeformableDecoder(nn.Module):
         final_norm: bool = True,
         attention_dropout: float = 0.0,
         separate_key_proj: bool = False,
+        num_ranking_only_classes: int = 0,
     ):
         """
         Args:
@@ -156,8 +157,17 @@ class DeformableDecoder(nn.Module):
             final_norm: a LayerNorm (``norm``) before the heads (DINO); Deformable DETR has none.
             attention_dropout, separate_key_proj: of the cross-attention, see
                 :class:`DeformableDecoderLayer`.
+            num_ranking_only_classes: U more logits per query after the K, from class-head rows
+                that rank detections but are never reported (the class rows of a converted
+                release checkpoint that no class uses, see
+                :class:`~lite_detr.modeling.meta_arch.TwoStageDeformableDETR`).
         """
         super().__init__()
+        if num_ranking_only_classes < 0:
+            raise ValueError(
+                "DeformableDecoder: num_ranking_only_classes must be >= 0, got "
+                f"{num_ranking_only_classes}"
+            )
         if num_layers < 1:
             raise ValueError(f"DeformableDecoder: num_layers must be >= 1, got {num_layers}")
         if positional_queries not in POSITIONAL_QUERIES:
@@ -183,6 +193,7 @@ class DeformableDecoder(nn.Module):
         self.num_layers = num_layers
         self.embed_dim = embed_dim
         self.num_classes = num_classes
+        self.num_ranking_only_classes = num_ranking_only_classes
         self.cross_attention = cross_attention
         self.look_forward_twice = look_forward_twice
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
@@ -191,7 +202,7 @@ class DeformableDecoder(nn.Module):
             self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.norm = nn.LayerNorm(embed_dim) if final_norm else None
 
-        class_embed = Linear(embed_dim, num_classes)
+        class_embed = Linear(embed_dim, num_classes + num_ranking_only_classes)
         nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior prob 0.01
         bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)
@@ -229,7 +240,8 @@ class DeformableDecoder(nn.Module):
                 ``positional_queries="input"`` and refused otherwise.
 
         Returns:
-            logits (Tensor): (num_layers, N, Q, K) classification logits of every layer.
+            logits (Tensor): (num_layers, N, Q, K + U) classification logits of every layer (the
+                K classes, then the U ranking-only rows).
             boxes (Tensor): (num_layers, N, Q, 4) normalised cxcywh boxes of every layer.
         """
         if (

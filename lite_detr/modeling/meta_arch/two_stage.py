@@ -73,6 +73,7 @@ class TwoStageDeformableDETR(nn.Module):
         num_feature_levels: int = 4,
         binary_proposals: bool = False,
         select_box_nums_for_evaluation: int = 100,
+        num_ranking_only_classes: int = 0,
         pixel_mean: Sequence[float] = (123.675, 116.280, 103.530),
         pixel_std: Sequence[float] = (58.395, 57.120, 57.375),
         size_divisibility: int = 0,
@@ -99,6 +100,14 @@ class TwoStageDeformableDETR(nn.Module):
                 proposals, ranked by the best class, their loss over the selected proposals.
             select_box_nums_for_evaluation: detections kept per image at test time (top-k over
                 all query-class pairs).
+            num_ranking_only_classes: U class-head rows after the K classes that take part in
+                the rankings but are never reported: the best logit of a token (query selection)
+                and the top-k of post-processing run over all K + U rows, and detections of the
+                U rows are dropped after the top-k. 0 for models trained here; 11 for converted
+                release weights, whose 91 rows (COCO ids 0..90) include 11 ids that no class uses
+                (docs/released_weights.md): with them the selection and the detections are the
+                release's. The decoder's ``num_ranking_only_classes`` must be the same; no loss
+                reaches these rows.
             pixel_mean, pixel_std: RGB statistics on the 0-255 scale (torchvision ImageNet
                 weights); inputs must be RGB.
             size_divisibility: pad the batch to a multiple of this (0: no constraint).
@@ -136,6 +145,13 @@ class TwoStageDeformableDETR(nn.Module):
         bad = {k: v for k, v in classes.items() if v != num_classes}
         if bad:
             raise ValueError(f"{name}: num_classes={num_classes} but {bad}")
+        # a decoder without the attribute has no ranking-only rows
+        decoder_rows = getattr(decoder, "num_ranking_only_classes", 0)
+        if decoder_rows != num_ranking_only_classes:
+            raise ValueError(
+                f"{name}: num_ranking_only_classes={num_ranking_only_classes} but "
+                f"decoder.num_ranking_only_classes={decoder_rows}"
+            )
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(f"{name}: pixel_mean and pixel_std must have 3 (RGB) values")
         self.backbone = backbone
@@ -153,15 +169,19 @@ class TwoStageDeformableDETR(nn.Module):
         self.num_feature_levels = num_feature_levels
         self.binary_proposals = binary_proposals
         self.select_box_nums_for_evaluation = select_box_nums_for_evaluation
+        self.num_ranking_only_classes = num_ranking_only_classes
         self.size_divisibility = size_divisibility
 
         self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
         # two-stage proposals: a projection of the memory, a classifier and a box head
         self.enc_output = Linear(embed_dim, embed_dim)
         self.enc_output_norm = nn.LayerNorm(embed_dim)
-        self.enc_class_embed = Linear(embed_dim, num_classes)
+        self.enc_class_embed = Linear(embed_dim, num_classes + num_ranking_only_classes)
         self.enc_bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
-        self.variant_tag = VariantTag(encoder=encoder.variant, decoder=decoder.cross_attention)
+        tags = {"encoder": encoder.variant, "decoder": decoder.cross_attention}
+        if num_ranking_only_classes:  # heads of K + U rows: refused by models of K rows
+            tags["ranking_only_classes"] = str(num_ranking_only_classes)
+        self.variant_tag = VariantTag(**tags)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
@@ -286,8 +306,8 @@ class TwoStageDeformableDETR(nn.Module):
         """Every encoder token's two-stage proposal (Deformable DETR section 4.2).
 
         Returns:
-            logits (N, S, K) (channel 0 the foreground logit with ``binary_proposals``) and boxes
-            (N, S, 4) inverse-sigmoid cxcywh.
+            logits (N, S, K + U) (K classes, U ranking-only rows; channel 0 the foreground logit
+            with ``binary_proposals``) and boxes (N, S, 4) inverse-sigmoid cxcywh.
         """
         output_memory, anchors = self.proposal_features(enc, num_queries)
         logits = self.enc_class_embed(output_memory)
@@ -318,6 +338,7 @@ class TwoStageDeformableDETR(nn.Module):
         that order (query q gets the proposal ``selected[:, q]``); returns as
         :meth:`select_proposals`."""
         ref_unsig = torch.gather(coords_unsig, 1, selected[..., None].expand(-1, -1, 4))
+        logits = logits[..., : self.num_classes]  # the loss's classes
         if self.binary_proposals:
             interm = {"pred_logits": logits, "pred_boxes": coords_unsig.sigmoid()}
         else:
@@ -354,6 +375,7 @@ class TwoStageDeformableDETR(nn.Module):
         ref_unsig = self.enc_bbox_embed(
             torch.gather(output_memory, 1, selected.expand(-1, -1, output_memory.shape[-1]))
         ) + torch.gather(anchors, 1, selected.expand(-1, -1, 4))
+        logits = logits[..., : self.num_classes]  # the loss's classes
         interm = {
             "pred_logits": torch.gather(logits, 1, selected.expand(-1, -1, logits.shape[-1])),
             "pred_boxes": ref_unsig.sigmoid(),
@@ -361,9 +383,10 @@ class TwoStageDeformableDETR(nn.Module):
         return ref_unsig.detach(), interm
 
     def proposal_scores(self, logits: Tensor) -> Tensor:
-        """(N, S) ranking score of every token's proposal, from its logits (N, S, K): channel 0,
-        the foreground logit, with ``binary_proposals`` (Deformable DETR's and H-DETR's
-        ``topk(enc_outputs_class[..., 0])``), else the best class logit (DINO's)."""
+        """(N, S) ranking score of every token's proposal, from its logits (N, S, K + U): channel
+        0, the foreground logit, with ``binary_proposals`` (Deformable DETR's and H-DETR's
+        ``topk(enc_outputs_class[..., 0])``), else the best logit over all rows, ranking-only ones
+        included (DINO's, over the release's 91)."""
         return logits[..., 0] if self.binary_proposals else logits.max(-1)[0]
 
     def top_tokens(self, logits: Tensor, num_queries: int) -> Tensor:
@@ -440,10 +463,11 @@ class TwoStageDeformableDETR(nn.Module):
             query_pos=self.position_queries(ref_unsig, enc["memory"]),
         )
 
-    @staticmethod
-    def to_outputs(logits: Tensor, boxes: Tensor) -> Dict:
+    def to_outputs(self, logits: Tensor, boxes: Tensor) -> Dict:
         """(num_layers, N, Q, *) decoder stacks -> the criterion's dict: the last layer's
-        "pred_logits" / "pred_boxes" and "aux_outputs" of the earlier layers."""
+        "pred_logits" / "pred_boxes" and "aux_outputs" of the earlier layers, the logits of the
+        K classes only (ranking-only rows get no loss)."""
+        logits = logits[..., : self.num_classes]
         return {
             "pred_logits": logits[-1],
             "pred_boxes": boxes[-1],
@@ -478,7 +502,8 @@ class TwoStageDeformableDETR(nn.Module):
             return self.forward_training(enc, targets)
         content, ref_unsig, _ = self.select_queries(enc)
         logits, boxes = self.decode(enc, content, ref_unsig)
-        return self.inference(self.to_outputs(logits, boxes), images, batched_inputs)
+        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        return self.inference(outputs, images, batched_inputs)
 
     def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
         """Training step after the encoder: select the queries, decode, and return the weighted
@@ -516,10 +541,11 @@ class TwoStageDeformableDETR(nn.Module):
         return targets
 
     def select_detections(self, logits: Tensor, boxes: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """The ``select_box_nums_for_evaluation`` best (query, class) pairs of each image.
+        """The ``select_box_nums_for_evaluation`` best (query, class) pairs of each image, over
+        all K + U rows (:meth:`real_detections` then drops those of the U ranking-only rows).
 
         Args:
-            logits: (N, Q, K) last decoder layer; boxes: (N, Q, 4) normalised cxcywh.
+            logits: (N, Q, K + U) last decoder layer; boxes: (N, Q, 4) normalised cxcywh.
 
         Returns:
             scores (N, k) descending, labels (N, k) int64, boxes (N, k, 4) normalised xyxy.
@@ -531,15 +557,36 @@ class TwoStageDeformableDETR(nn.Module):
         boxes = torch.gather(boxes, 1, (idx // k)[..., None].expand(-1, -1, 4))
         return scores, labels, box_cxcywh_to_xyxy(boxes)
 
+    def real_detections(
+        self, scores: Tensor, labels: Tensor, boxes: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One image's detections of :meth:`select_detections` without those of the ranking-only
+        rows (labels >= K): the release keeps them in its top-k, COCO evaluation ignores them.
+
+        Args:
+            scores (k,), labels (k,), boxes (k, 4).
+
+        Returns:
+            the same, of the k' <= k detections of the K classes, in the same order.
+        """
+        if not self.num_ranking_only_classes:
+            return scores, labels, boxes
+        keep = labels < self.num_classes
+        return scores[keep], labels[keep], boxes[keep]
+
     def inference(
         self, outputs: Dict[str, Tensor], images: ImageList, batched_inputs: List[Dict]
     ) -> List[Dict[str, Instances]]:
         """Top-k (query, class) pairs per image -> Instances in the requested output size.
 
         As the released DINO's post-processing: sigmoid scores, top-k over all (query, class)
-        pairs (:meth:`select_detections`), normalised boxes scaled straight to the output size;
-        no NMS, no clipping to the image and no removal of empty boxes (detectron2's
+        pairs (:meth:`select_detections`; the ranking-only rows' detections dropped after it,
+        :meth:`real_detections`), normalised boxes scaled straight to the output size; no NMS, no
+        clipping to the image and no removal of empty boxes (detectron2's
         ``detector_postprocess`` would do both).
+
+        Args:
+            outputs: "pred_logits" (N, Q, K + U) and "pred_boxes" (N, Q, 4) of the last layer.
         """
         scores, labels, boxes = self.select_detections(
             outputs["pred_logits"], outputs["pred_boxes"]
@@ -550,8 +597,11 @@ class TwoStageDeformableDETR(nn.Module):
             width = batched_inputs[i].get("width", w)
             r = Instances((height, width))
             scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
-            r.pred_boxes = Boxes(boxes[i] * scale.to(boxes.device))
-            r.scores = scores[i]
-            r.pred_classes = labels[i]
+            kept_scores, kept_labels, kept_boxes = self.real_detections(
+                scores[i], labels[i], boxes[i]
+            )
+            r.pred_boxes = Boxes(kept_boxes * scale.to(boxes.device))
+            r.scores = kept_scores
+            r.pred_classes = kept_labels
             results.append({"instances": r})
         return results

@@ -169,3 +169,32 @@ def test_encoder_and_decoder_compile_without_host_reads(build_tiny, make_input, 
         with torch.no_grad():
             got, expected = compiled(*args, **kwargs), module(*args, **kwargs)
         torch.testing.assert_close(got, expected)
+
+
+def test_ranking_only_rows(build_tiny, make_input):
+    """Class heads with U ranking-only rows after the K classes (converted release weights):
+    the query selection and the top-k rank over all rows, their detections are dropped, the
+    losses see the K classes only, and the variant tag records U."""
+    with pytest.raises(ValueError, match="decoder.num_ranking_only_classes=0"):
+        rows = ["model.num_ranking_only_classes=2", "model.decoder.num_ranking_only_classes=0"]
+        build_tiny(overrides=rows)
+    model = build_tiny(overrides=["model.num_ranking_only_classes=2"])
+    assert model.enc_class_embed.out_features == model.decoder.class_embed[0].out_features == 5
+    assert model.variant_tag.tags["ranking_only_classes"] == "2"
+    with torch.no_grad():  # the two ranking-only rows win everywhere
+        model.enc_class_embed.bias[3:] += 10.0
+        model.decoder.class_embed[0].bias[3:] += 10.0
+        model.decoder.class_embed[0].bias[1] += 7.0  # the best class, still below
+    batch = [make_input(96, 128, [[10, 12, 60, 70]], [2])]
+    model.train()
+    losses = model(batch)
+    assert torch.isfinite(sum(losses.values()))  # the criterion takes (..., K) logits
+    model.eval()
+    with torch.no_grad():
+        enc = model.encode(*model.extract_features(model.preprocess_image(batch)), padded=False)
+        logits, _ = model.proposals(enc)
+        selected = model.top_tokens(logits, model.num_queries)
+        inst = model(batch)[0]["instances"]
+    assert torch.equal(selected, torch.topk(logits[..., 3:].max(-1)[0], 20, dim=1)[1])
+    # the top-30 of 20 queries x 5 rows: the 2 x 20 ranking-only pairs fill it, none reported
+    assert len(inst) == 0

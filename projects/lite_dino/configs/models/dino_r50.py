@@ -74,6 +74,7 @@ model = L(DINO)(
         positional_queries="reference_boxes",  # DINO's: an MLP of each layer's boxes
         final_norm=True,
         inverse_sigmoid_eps=1e-3,  # as the released DINO / Lite-DINO
+        num_ranking_only_classes="${..num_ranking_only_classes}",
     ),
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",
@@ -95,6 +96,9 @@ model = L(DINO)(
     num_feature_levels=4,
     binary_proposals=False,  # class-aware proposals, their loss over the top-900
     select_box_nums_for_evaluation=300,
+    # 11 for converted release weights (their unused COCO-id rows rank, never report): see
+    # docs/released_weights.md; 0 when training here
+    num_ranking_only_classes=0,
     pixel_mean=[123.675, 116.280, 103.530],
     pixel_std=[58.395, 57.120, 57.375],
 )

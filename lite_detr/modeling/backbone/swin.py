@@ -369,6 +369,8 @@ class SwinTransformer(Backbone):
             )
         built = max(names.index(f) for f in out_features) + 1
         self.use_checkpoint = use_checkpoint
+        self.patch_size = patch_size
+        self.window_size = window_size
 
         self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dim)
         # stochastic depth rising linearly over all blocks of the full network (official rule)
@@ -403,6 +405,13 @@ class SwinTransformer(Backbone):
         for stage in self.layers:
             for block in stage.blocks:
                 nn.init.trunc_normal_(block.attn.relative_position_bias_table, std=0.02)
+
+    @property
+    def min_export_side(self) -> int:
+        """Smallest image side of a graph exported with dynamic H, W (``lite_detr.export``): two
+        windows per side at every stage. torch.export traces the window reshapes for counts of
+        at least 2; a count of 1 would need a graph of its own."""
+        return self.patch_size * 2 ** (len(self.layers) - 1) * self.window_size + 1
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -233,3 +233,16 @@ def test_missing_or_misshapen_key_is_refused_by_name(tmp_path, capsys, change, w
     assert len(err.splitlines()) == 1 and err.startswith("convert_swin_checkpoint.py: error: ")
     assert word in err, err
     assert not out.exists() and not list(tmp_path.glob(".tmp*"))
+
+
+def test_runs_under_cpu_autocast():
+    model = tiny().eval()
+    x = torch.randn(1, 3, 75, 110)
+    with torch.no_grad():
+        full = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    for k in full:
+        assert low[k].shape == full[k].shape and torch.isfinite(low[k]).all()
+        # bfloat16 has 8 bits of mantissa: outputs of unit scale agree to a few 1e-2
+        assert (low[k].float() - full[k]).abs().mean() < 0.05

@@ -368,7 +368,6 @@ class SwinTransformer(Backbone):
                 "must be >= 1"
             )
         built = max(names.index(f) for f in out_features) + 1
-        self.use_checkpoint = use_checkpoint
         self.patch_size = patch_size
         self.window_size = window_size
 

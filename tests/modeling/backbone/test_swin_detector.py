@@ -57,16 +57,16 @@ def test_tiny_swin_lite_dino_trains_on_shapes(tmp_path):
     torch.manual_seed(0)
     model = instantiate(cfg.model).train()
     batch = next(iter(instantiate(cfg.dataloader.train)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=4e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     losses = []
-    for _ in range(8):  # one batch over and over: the loss must fall
+    for _ in range(10):  # one batch over and over: the loss must fall
         loss = sum(model(batch).values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert all(torch.isfinite(torch.tensor(losses)))
-    assert sum(losses[-2:]) < 0.9 * sum(losses[:2]), losses
+    assert sum(losses[-2:]) < 0.85 * sum(losses[:2]), losses
 
 
 def test_torch_export_with_dynamic_size_matches_eager():

@@ -148,12 +148,15 @@ def min_input_side(model: nn.Module, limit: int = 4096) -> int:
     The smallest side (a multiple of the size divisibility, or of 8 without one) at which a
     square image gives at least 2 x 2 pixels on every feature level and at least ``num_queries``
     encoder tokens: the lower bound on H and W of the exported graph (sizes 0 and 1 are special
-    cases to ``torch.export``; fewer tokens than queries cannot be selected).
+    cases to ``torch.export``; fewer tokens than queries cannot be selected), and at least the
+    backbone's ``min_export_side`` where it has one (:class:`~lite_detr.modeling.SwinTransformer`:
+    two windows per side at every stage).
     """
     d = _divisibility(model)
     step = d if d > 1 else 8
     device = model.pixel_mean.device
-    for side in range(step, limit + 1, step):
+    first = -(-getattr(model.backbone, "min_export_side", step) // step) * step
+    for side in range(first, limit + 1, step):
         feats = model.neck(model.backbone(torch.zeros(1, 3, side, side, device=device)))
         if min(min(f.shape[-2:]) for f in feats) < 2:
             continue
@@ -186,7 +189,9 @@ def export_program(model: nn.Module, height: int, width: int) -> torch.export.Ex
     wrapper = InferenceDetector(model).eval()
     check_input_size(model, height, width)
     try:
-        with torch.no_grad():
+        # size-oblivious reasoning: a reshape whose symbolic sizes might be 1 (the window counts
+        # of a Swin backbone) traces its general case instead of guarding on the traced size
+        with torch.no_grad(), torch.fx.experimental._config.patch(backed_size_oblivious=True):
             return torch.export.export(
                 wrapper, (_example(model, height, width),), dynamic_shapes=_dynamic_shapes(model)
             )

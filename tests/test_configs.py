@@ -35,6 +35,14 @@ SHRINK = {
     "model.decoder.feedforward_dim": 128,
     "model.num_queries": 20,
 }
+# shrink Swin-T models the same way: a Swin with one block per stage and a quarter of the channels
+SWIN_SHRINK = {
+    "model.backbone.embed_dim": 24,
+    "model.backbone.depths": [1, 1, 1, 1],
+    "model.neck.input_shapes.res3.channels": 48,
+    "model.neck.input_shapes.res4.channels": 96,
+    "model.neck.input_shapes.res5.channels": 192,
+}
 
 
 def load(path):
@@ -96,6 +104,11 @@ def test_config_instantiates(path):
                 f"{k}={v}" for k, v in SHRINK.items() if OmegaConf.select(cfg, k) is not None
             ]
             LazyConfig.apply_overrides(cfg, existing)
+        elif OmegaConf.select(cfg, "model.backbone.depths", default=None) is not None:
+            shrink = {**SHRINK, **SWIN_SHRINK}
+            shrink.pop("model.backbone.stages.depth")
+            shrink = {k: v for k, v in shrink.items() if OmegaConf.select(cfg, k) is not None}
+            LazyConfig.apply_overrides(cfg, [f"{k}={v}" for k, v in shrink.items()])
     model = None
     for name in cfg:
         node = cfg[name]
@@ -138,8 +151,26 @@ def test_full_size_models():
     )
 
 
+def test_full_size_swin_t_models():
+    """The paper's Lite-DINO Swin-T (~48M parameters) and DINO Swin-T."""
+    for name, encoder in [
+        ("lite_dino_swin_t_4scale_h3l1_a2b3_36ep", "H3L1-(2+1)x3/key_aware"),
+        ("dino_swin_t_4scale_36ep", "deformable6/deformable"),
+    ]:
+        cfg = load(f"projects/lite_dino/configs/{name}.py")
+        model = instantiate(cfg.model)
+        assert type(model.backbone).__name__ == "SwinTransformer"
+        assert model.variant_tag.tags["encoder"] == encoder
+        backbone = sum(p.numel() for p in model.backbone.parameters())
+        assert 27e6 < backbone < 28e6  # Swin-T without its classifier head and final norm
+        assert 46e6 < sum(p.numel() for p in model.parameters()) < 50e6, name
+        assert cfg.model.backbone.drop_path_rate == 0.2
+        assert cfg.model.denoising.box_noise_scale == 1.0
+
+
 @pytest.mark.parametrize(
-    "path", [p for p in CONFIGS if re.search(r"lite_dino/configs/(lite_)?dino_r50_4scale", p)]
+    "path",
+    [p for p in CONFIGS if re.search(r"lite_dino/configs/(lite_)?dino_(r50|swin_t)_4scale", p)],
 )
 def test_experiment_configs_match_their_names(path):
     cfg = load(path)

@@ -4,7 +4,7 @@ Importing this package registers :class:`DINO` and :class:`LiteDINO` in detectro
 ``META_ARCH_REGISTRY``.
 """
 
-from .backbone import MultiScaleNeck, make_resnet_stages
+from .backbone import MultiScaleNeck, SwinTransformer, make_resnet_stages
 from .criterion import SetCriterion
 from .decoders import DeformableDecoder, DeformableDecoderLayer
 from .denoising import ContrastiveDenoising
@@ -23,5 +23,6 @@ __all__ = [
     "LiteDINO",
     "MultiScaleNeck",
     "SetCriterion",
+    "SwinTransformer",
     "make_resnet_stages",
 ]

@@ -1,4 +1,5 @@
-"""Backbone adapters: detectron2's ResNet, BatchNorm folding at inference, the multi-scale neck."""
+"""Backbones and adapters: detectron2's ResNet, Swin Transformer, BatchNorm folding at inference,
+the multi-scale neck."""
 
 from .batchnorm_folding import (
     BatchNormFoldedConv2d,
@@ -7,10 +8,12 @@ from .batchnorm_folding import (
 )
 from .neck import MultiScaleNeck
 from .resnet import make_resnet_stages
+from .swin import SwinTransformer
 
 __all__ = [
     "BatchNormFoldedConv2d",
     "MultiScaleNeck",
+    "SwinTransformer",
     "fold_batchnorm_at_inference",
     "folded_conv_parameters",
     "make_resnet_stages",

@@ -6,8 +6,10 @@ FLOPs (fvcore, with the lite_detr op handles) and parameters of a LazyConfig mod
     python tools/analyze_model.py --config-file CONFIG --tasks flop --input-size 800 1333
 
 FLOPs are counted on real test images when the config's test dataset is there, on random images
-of ``--input-size`` otherwise (DETR FLOPs depend on the image size only). They are reported in
-total and per top-level module (backbone, neck, encoder, decoder, ...), as multiply-accumulates.
+of ``--input-size`` otherwise (DETR FLOPs depend on the image size only); without either, on
+800x1066 and 800x1199, COCO val's two commonest shapes (640x480, 640x427) at the test resize.
+They are reported in total and per top-level module (backbone, neck, encoder, decoder, ...), as
+multiply-accumulates.
 """
 
 import argparse
@@ -74,6 +76,11 @@ def flop_table(model: torch.nn.Module, flops: Dict[str, float]) -> str:
     return tabulate(rows, headers=["module", "GFLOPs", "share", "params (M)"], tablefmt="pipe")
 
 
+# COCO val's two commonest image shapes, 640x480 and 640x427, resized to a short side of 800: the
+# sizes at which the project's and the paper's GFLOPs are compared when COCO is not there
+TYPICAL_COCO_SIZES = ((800, 1066), (800, 1199))
+
+
 def analyze(
     cfg,
     tasks: Sequence[str] = ("flop", "parameter"),
@@ -85,13 +92,16 @@ def analyze(
     model.eval()
     ret = {}
     if "flop" in tasks:
-        inputs = sample_inputs(cfg, num_inputs, input_size)
-        h, w = inputs[0]["image"].shape[-2:]
+        inputs = sample_inputs(cfg, num_inputs, input_size, fallback_sizes=TYPICAL_COCO_SIZES)
+        sizes = sorted({tuple(x["image"].shape[-2:]) for x in inputs})
         with torch.no_grad():
             ret["flops"] = count_flops(model, inputs)
         logger.info(
-            f"FLOPs (multiply-accumulates), mean over {len(inputs)} input(s), first one "
-            f"{h}x{w}:\n" + flop_table(model, ret["flops"])
+            f"FLOPs (multiply-accumulates), mean over {len(inputs)} input(s) of "
+            + ", ".join(f"{h}x{w}" for h, w in sizes[:4])
+            + (" ..." if len(sizes) > 4 else "")
+            + ":\n"
+            + flop_table(model, ret["flops"])
         )
     if "parameter" in tasks:
         from fvcore.nn import parameter_count_table

@@ -43,7 +43,11 @@ def _dataset_available(cfg) -> bool:
 
 
 def sample_inputs(
-    cfg, num: int = 1, input_size: Sequence[int] | None = None, seed: int = 0
+    cfg,
+    num: int = 1,
+    input_size: Sequence[int] | None = None,
+    seed: int = 0,
+    fallback_sizes: Sequence[Sequence[int]] = ((800, 1333),),
 ) -> List[Dict]:
     """
     Args:
@@ -51,6 +55,9 @@ def sample_inputs(
         num (int): number of single-image inputs.
         input_size ((H, W), optional): random images of this size instead of dataset images.
         seed (int): seed of the random images.
+        fallback_sizes: sizes of the random images when neither ``input_size`` nor the test
+            dataset is there, taken in turn (at least one image of each: ``num`` is raised to
+            their count).
 
     Returns:
         list[dict]: each ``{"image": (3, H, W) uint8, "height": H, "width": W}`` (dataset inputs
@@ -63,18 +70,19 @@ def sample_inputs(
             test_cfg = cfg.dataloader.test
             loader = instantiate(test_cfg)
             return [batch[0] for batch in itertools.islice(loader, num)]
-        input_size = (800, 1333)
+        sizes = [tuple(int(v) for v in size) for size in fallback_sizes]
+        num = max(num, len(sizes))
         logger.warning(
-            f"Test dataset of the config is not available: using random {input_size} images "
-            "(pass --input-size H W to choose the size)."
+            "Test dataset of the config is not available: using random images of "
+            + ", ".join(f"{h}x{w}" for h, w in sizes)
+            + " (pass --input-size H W to choose the size)."
         )
-    h, w = int(input_size[0]), int(input_size[1])
+    else:
+        sizes = [(int(input_size[0]), int(input_size[1]))]
     g = torch.Generator().manual_seed(seed)
-    return [
-        {
-            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
-            "height": h,
-            "width": w,
-        }
-        for _ in range(num)
-    ]
+    inputs = []
+    for i in range(num):
+        h, w = sizes[i % len(sizes)]
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+        inputs.append({"image": image, "height": h, "width": w})
+    return inputs

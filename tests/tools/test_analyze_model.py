@@ -65,3 +65,17 @@ def test_bad_input_size_and_num_inputs_give_one_line(capsys):
     cfg = load_config(SHAPES_CFG, TINY)
     with pytest.raises(ValueError, match="30 queries exceed the 4 encoder tokens"):
         analyze_model.analyze(cfg, ["flop"], (1, 1), 1)
+
+
+def test_random_inputs_without_dataset_cover_every_fallback_size():
+    from types import SimpleNamespace
+
+    analyze_model = load_tool("analyze_model")
+    no_dataset = SimpleNamespace()  # no dataloader.test: the dataset is not there
+    inputs = sample_inputs(no_dataset, 1, fallback_sizes=analyze_model.TYPICAL_COCO_SIZES)
+    assert [tuple(x["image"].shape[-2:]) for x in inputs] == [(800, 1066), (800, 1199)]
+    inputs = sample_inputs(no_dataset, 3, fallback_sizes=((64, 96), (32, 48)))
+    assert [(x["height"], x["width"]) for x in inputs] == [(64, 96), (32, 48), (64, 96)]
+    # an explicit size wins over the fallback
+    inputs = sample_inputs(no_dataset, 2, (40, 56), fallback_sizes=((64, 96), (32, 48)))
+    assert [tuple(x["image"].shape[-2:]) for x in inputs] == [(40, 56)] * 2

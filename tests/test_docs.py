@@ -19,12 +19,7 @@ def tracked(*patterns):
     return out.stdout.split()
 
 
-DOCS = [
-    p
-    for p in tracked("*.md")
-    if p in ("README.md", "benchmarks/README.md")
-    or re.fullmatch(r"docs/[^/]+\.md|projects/[^/]+/README\.md", p)
-]
+DOCS = tracked("*.md")  # README.md, docs/, projects/*/README.md, benchmarks/README.md
 
 # Paths and file names the documents give that are not files of this repository, each group
 # with its reason. A path matches when it starts with one of these (a folder ends with "/").

@@ -19,8 +19,8 @@ export MAX_JOBS ?= 2
 install: $(STAMPS)/package
 
 check-tools:
-	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 is needed, found " + sys.version.split()[0])' \
-	  || { echo "make install: $(PYTHON_SYS) is missing or too old (need Python >= 3.9; set PYTHON_SYS=...)" >&2; exit 1; }
+	@$(PYTHON_SYS) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Python >= 3.10 is needed, found " + sys.version.split()[0])' \
+	  || { echo "make install: $(PYTHON_SYS) is missing or too old (need Python >= 3.10; set PYTHON_SYS=...)" >&2; exit 1; }
 	@$(PYTHON_SYS) -c 'import venv, ensurepip' 2>/dev/null \
 	  || { echo "make install: $(PYTHON_SYS) lacks venv/ensurepip (Debian: apt-get install python3-venv)" >&2; exit 1; }
 	@command -v g++ >/dev/null || command -v c++ >/dev/null \

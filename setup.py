@@ -95,7 +95,7 @@ if __name__ == "__main__":  # pip and setuptools run this file as __main__
         version="0.1.0",
         description="Lite DETR (interleaved multi-scale encoder + key-aware deformable attention) "
         "for Detectron2",
-        python_requires=">=3.9",
+        python_requires=">=3.10",  # PEP 604 annotations (X | None) are evaluated at import
         packages=find_packages(include=["lite_detr", "lite_detr.*"]),
         ext_modules=get_extensions(),
         cmdclass={"build_ext": ReportingBuildExtension.with_options(use_ninja=True)},

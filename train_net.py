@@ -17,16 +17,11 @@ import logging
 import os
 import signal
 import sys
-import warnings
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
-
-from lite_detr.config import ConfigError, load_config  # noqa: E402
-from lite_detr.engine import default_argument_parser, train_or_evaluate  # noqa: E402
-from lite_detr.engine.cli import exit_with_error  # noqa: E402
-from lite_detr.engine.launch import DistributedLaunchError, launch_checked  # noqa: E402
+from lite_detr.config import ConfigError, load_config
+from lite_detr.engine import default_argument_parser, train_or_evaluate
+from lite_detr.engine.cli import exit_with_error
+from lite_detr.engine.launch import DistributedLaunchError, launch_checked
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()

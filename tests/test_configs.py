@@ -191,7 +191,7 @@ def test_experiment_configs_match_their_names(path):
         assert (enc.num_high_levels, 4 - enc.num_high_levels) == (h, low)
         assert (enc.num_high_updates, enc.num_blocks) == (a, b) and a * b == 6
         assert enc.attention == "key_aware" and cfg.model.decoder.cross_attention == "key_aware"
-    # the README's overrides: the decoder's attention is its own choice, not the encoder's
+    # docs/training.md's overrides: the decoder's attention is its own choice, not the encoder's
     encoder_off = LazyConfig.apply_overrides(load(path), ["model.encoder.attention=deformable"])
     assert encoder_off.model.decoder.cross_attention == cfg.model.decoder.cross_attention
     kda_off = LazyConfig.apply_overrides(

@@ -87,3 +87,30 @@ def test_gpu_check_training_step_runs_on_cpu():
     spec.loader.exec_module(gpu_check)
     line = gpu_check.train_benchmark(iters=1, warmup=0, batch=1, size=256, device="cpu")
     assert "1 images of 256x256" in line and line.endswith("all finite: True")
+
+
+def test_python_floor_is_stated_alike_and_holds():
+    """setup.py, the Makefile and the linters state one floor, and every source parses at it. The
+    floor is 3.10 and no lower: annotations such as ``str | None`` are evaluated at import."""
+    import ast
+    import re
+
+    def read(name):
+        with open(os.path.join(ROOT, name)) as f:
+            return f.read()
+
+    (floor,) = re.findall(r'python_requires=">=3\.(\d+)"', read("setup.py"))
+    minor = int(floor)
+    assert set(re.findall(r"version_info >= \(3, (\d+)\)", read("Makefile"))) == {floor}
+    assert set(re.findall(r"Python >= 3\.(\d+)", read("Makefile"))) == {floor}
+    assert set(re.findall(r'target-version = \[?"py3(\d+)"', read("pyproject.toml"))) == {floor}
+    files = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    pep604 = False
+    for path in files:
+        tree = ast.parse(read(path), filename=path, feature_version=(3, minor))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+                pep604 |= isinstance(node.annotation, ast.BinOp)
+    assert pep604 and minor == 10, "the floor is the oldest Python the sources run on"

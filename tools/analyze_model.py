@@ -14,23 +14,21 @@ multiply-accumulates.
 
 import argparse
 import logging
-import warnings
 from collections import defaultdict
 from typing import Dict, Sequence
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from fvcore.nn import parameter_count  # noqa: E402
-from tabulate import tabulate  # noqa: E402
+# isort: split
+import torch
+from detectron2.config import instantiate
+from fvcore.nn import parameter_count
+from tabulate import tabulate
 
-from lite_detr.config import load_config  # noqa: E402
-from lite_detr.data import positive_int, sample_inputs  # noqa: E402
-from lite_detr.engine.cli import add_tasks_argument, run_tool  # noqa: E402
-from lite_detr.evaluation import FlopCountAnalysis  # noqa: E402
+from lite_detr.config import load_config
+from lite_detr.data import positive_int, sample_inputs
+from lite_detr.engine.cli import add_tasks_argument, run_tool
+from lite_detr.evaluation import FlopCountAnalysis
 
 logger = logging.getLogger("lite_detr.analyze_model")
 

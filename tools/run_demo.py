@@ -19,27 +19,25 @@ import json
 import logging
 import os
 import time
-import warnings
 from typing import Dict, List
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils.logger import create_small_table  # noqa: E402
+# isort: split
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import create_small_table
 
-from lite_detr.config import load_config  # noqa: E402
-from lite_detr.data import register_shapes, shapes_dataset_dir  # noqa: E402
-from lite_detr.engine import (  # noqa: E402
+from lite_detr.config import load_config
+from lite_detr.data import register_shapes, shapes_dataset_dir
+from lite_detr.engine import (
     Predictor,
     default_argument_parser,
     read_rgb,
     train_or_evaluate,
 )
-from lite_detr.engine.cli import machine_is_busy, read_load, run_tool  # noqa: E402
+from lite_detr.engine.cli import machine_is_busy, read_load, run_tool
 
 logger = logging.getLogger("lite_detr.run_demo")
 

@@ -15,22 +15,20 @@ training augmentation (resize, flip) instead, as the model sees them.
 import argparse
 import itertools
 import os
-import warnings
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import numpy as np  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+# isort: split
+import numpy as np
+from detectron2.config import instantiate
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.visualizer import Visualizer
+from tqdm import tqdm
 
-from lite_detr.config import ConfigError, load_config  # noqa: E402
-from lite_detr.data import DatasetError, dataset_names, prepare_datasets  # noqa: E402
-from lite_detr.engine import read_rgb  # noqa: E402
-from lite_detr.engine.cli import run_tool  # noqa: E402
+from lite_detr.config import ConfigError, load_config
+from lite_detr.data import DatasetError, dataset_names, prepare_datasets
+from lite_detr.engine import read_rgb
+from lite_detr.engine.cli import run_tool
 
 
 def _draw_transformed(batch, metadata, image_format: str):

@@ -110,7 +110,8 @@ def _warn_fallback(device_type: str) -> None:
     msg = (
         f"lite_detr.ops: {why}; the pure-PyTorch reference of the deformable attention ops runs "
         f"on {device_type} instead (slower, more memory). Build it with "
-        "`python setup.py build_ext --inplace` (FORCE_CUDA=1 for the CUDA kernels)."
+        "`pip install --no-build-isolation -e .` or `make install` (FORCE_CUDA=1 for the CUDA "
+        "kernels)."
     )
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 

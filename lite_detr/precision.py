@@ -32,6 +32,7 @@ __all__ = [
     "PRECISIONS",
     "bf16_inference",
     "cpu_bf16_support",
+    "cpu_flags",
     "keep_float32_heads",
     "resolve_precision",
 ]
@@ -55,7 +56,8 @@ FLOAT32_MODULES = frozenset(
 )
 
 
-def _cpu_flags(path: str = "/proc/cpuinfo") -> Set[str]:
+def cpu_flags(path: str = "/proc/cpuinfo") -> Set[str]:
+    """The CPU's feature flags as ``lscpu`` shows them (Linux; an empty set elsewhere)."""
     try:
         with open(path) as f:
             for line in f:
@@ -71,7 +73,7 @@ def cpu_bf16_support() -> str | None:
     """The CPU flag that gives native bfloat16 arithmetic (e.g. ``"amx_bf16"``), or None."""
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return None
-    flags = _cpu_flags() if os.path.exists("/proc/cpuinfo") else set()
+    flags = cpu_flags() if os.path.exists("/proc/cpuinfo") else set()
     found = [f for f in BF16_CPU_FLAGS if f in flags]
     return found[-1] if found else None
 

@@ -8,8 +8,11 @@ Runtime (or any runtime of opset >= 17) runs as is. The per-level sizes are read
 (bilinear, zero padding, ``align_corners=0``: the ops' semantics); the weighted sum (standard op)
 or the softmax over the sampled keys (key-aware op) is plain arithmetic.
 
-Like the pure-PyTorch references it materialises the sampled values; it is tested against the
-compiled kernels in ``tests/ops/test_onnx_translation.py``.
+Like the pure-PyTorch references it materialises the sampled values, one level at a time: each
+level's samples are weighted and summed over their points, and the levels' sums added up, with no
+concatenation of the levels (nor transpose of the sampled keys) in between: those copies cost as
+much as the sampling in ONNX Runtime's profile. It is tested against the compiled kernels in
+``tests/ops/test_onnx_translation.py``.
 """
 
 from typing import Callable, Dict
@@ -60,7 +63,9 @@ def _sample_levels(
         num_queries: (1,) int64 tensor holding Lq; levels, points: L and P (ints).
 
     Returns:
-        (N*M, D, Lq, L, P) sampled values.
+        a list of L tensors (N*M, D, Lq, P): each level's sampled values. They are not
+        concatenated: the callers reduce each level and add the levels up, which saves writing
+        and reading the (N*M, D, Lq, L, P) tensor once more (a copy as large as the samples).
     """
     depth = value.shape[3]
     sampled = []
@@ -76,11 +81,14 @@ def _sample_levels(
         grid_l = op.Reshape(
             grid_l, op.Concat(_ints(op, [-1]), num_queries, _ints(op, [points, 2]), axis=0)
         )
-        out = op.GridSample(
-            value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros"
+        sampled.append(
+            op.GridSample(value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros")
         )  # (N*M, D, Lq, P)
-        sampled.append(op.Unsqueeze(out, _ints(op, [3])))
-    return op.Concat(*sampled, axis=3)
+    return sampled
+
+
+def _add(op, terms):
+    return terms[0] if len(terms) == 1 else op.Sum(*terms)
 
 
 def _ms_deform_attn(
@@ -99,15 +107,13 @@ def _ms_deform_attn(
         weights,
         op.Concat(_ints(op, [-1, 1]), num_queries, _ints(op, [num_levels, num_points]), axis=0),
     )  # (N*M, 1, Lq, L, P)
-    out = op.ReduceSum(op.Mul(sampled, weights), _ints(op, [3, 4]), keepdims=0)  # (N*M, D, Lq)
+    levels = []
+    for level, sampled_l in enumerate(sampled):
+        weights_l = op.Gather(weights, op.Constant(value_int=level), axis=3)  # (N*M, 1, Lq, P)
+        levels.append(op.ReduceSum(op.Mul(sampled_l, weights_l), _ints(op, [3]), keepdims=0))
+    out = _add(op, levels)  # (N*M, D, Lq)
     out = op.Reshape(out, _ints(op, [-1, heads * depth, 0]))  # (N, M*D, Lq)
     return op.Transpose(out, perm=[0, 2, 1])
-
-
-def _to_heads_last(op, x, depth):
-    """(N*M, D, Lq, L, P) -> (N*M, Lq, L*P, D)."""
-    x = op.Transpose(x, perm=[0, 2, 3, 4, 1])
-    return op.Reshape(x, _ints(op, [0, 0, -1, depth]))
 
 
 def _ms_deform_attn_key_aware(
@@ -116,27 +122,36 @@ def _ms_deform_attn_key_aware(
     op = _ops()
     _, _, heads, depth = value.shape
     num_queries = op.Shape(sampling_locations, start=1, end=2)
+    num_levels, num_points = sampling_locations.shape[3], sampling_locations.shape[4]
     grids = _sanitized_grid(op, sampling_locations)
-    sample = (grids, num_queries, sampling_locations.shape[3], sampling_locations.shape[4])
-    v = _sample_levels(op, value, spatial_shapes, level_start_index, *sample)
-    v = _to_heads_last(op, v, depth)  # (N*M, Lq, J, D), J = L*P
-    if key is None:
-        k = v
-    else:
-        k = _to_heads_last(
-            op, _sample_levels(op, key, spatial_shapes, level_start_index, *sample), depth
-        )
-    q = op.Transpose(query, perm=[0, 2, 1, 3])  # (N, M, Lq, D)
-    q = op.Reshape(q, op.Concat(_ints(op, [-1]), num_queries, _ints(op, [depth, 1]), axis=0))
+    sample = (grids, num_queries, num_levels, num_points)
+    values = _sample_levels(op, value, spatial_shapes, level_start_index, *sample)
+    keys = values
+    if key is not None:
+        keys = _sample_levels(op, key, spatial_shapes, level_start_index, *sample)
+    # the logits of each level's P keys: a dot product over D (axis 1) with the query, whose
+    # layout (N*M, D, Lq, 1) broadcasts over P; no transpose of the sampled keys
+    q = op.Transpose(query, perm=[0, 2, 3, 1])  # (N, M, D, Lq)
+    q = op.Reshape(q, op.Concat(_ints(op, [-1, depth]), num_queries, _ints(op, [1]), axis=0))
     scale = op.CastLike(op.Constant(value_float=1.0 / float(depth) ** 0.5), value)
-    logits = op.Mul(op.Squeeze(op.MatMul(k, q), _ints(op, [3])), scale)  # (N*M, Lq, J)
+    q = op.Mul(q, scale)
+    logits = op.Concat(
+        *[op.ReduceSum(op.Mul(k, q), _ints(op, [1]), keepdims=0) for k in keys], axis=-1
+    )  # (N*M, Lq, J), J = L*P, level-major as the kernels
     attn = op.Softmax(logits, axis=-1)
-    out = op.MatMul(op.Unsqueeze(attn, _ints(op, [2])), v)  # (N*M, Lq, 1, D)
-    out = op.Reshape(
-        out, op.Concat(_ints(op, [-1, heads]), num_queries, _ints(op, [depth]), axis=0)
-    )
-    out = op.Transpose(out, perm=[0, 2, 1, 3])  # (N, Lq, M, D)
-    out = op.Reshape(out, _ints(op, [0, 0, heads * depth]))
+    attn_levels = op.Split(
+        op.Unsqueeze(attn, _ints(op, [1])), axis=3, num_outputs=num_levels
+    )  # L x (N*M, 1, Lq, P)
+    attn_levels = attn_levels if num_levels > 1 else [attn_levels]
+    out = _add(
+        op,
+        [
+            op.ReduceSum(op.Mul(v, a), _ints(op, [3]), keepdims=0)
+            for v, a in zip(values, attn_levels)
+        ],
+    )  # (N*M, D, Lq)
+    out = op.Reshape(out, _ints(op, [-1, heads * depth, 0]))  # (N, M*D, Lq)
+    out = op.Transpose(out, perm=[0, 2, 1])  # (N, Lq, M*D)
     # the op's second output: the softmax weights (N, Lq, M, J) in the kernels' float32/64
     attn = op.Reshape(attn, op.Concat(_ints(op, [-1, heads]), num_queries, _ints(op, [-1]), axis=0))
     attn = op.Transpose(attn, perm=[0, 2, 1, 3])

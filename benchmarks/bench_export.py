@@ -19,6 +19,11 @@ selection, ONNX Runtime's is read from the file); bf16's, which are not meant to
 last bit, by how many of eager fp32's detections it reproduces with the same label, a box IoU of
 at least 0.9 and a score within 0.05 (one-to-one), and its largest score difference over those.
 
+``--rtdetr`` adds RT-DETR R50 (the R50-vd configuration of Hugging Face ``transformers``'
+``RTDetrForObjectDetection``, random weights; needs ``pip install transformers``) to the rounds,
+eager fp32, as the yardstick of a detector that practitioners deploy on CPUs; its own fastest
+path (its ONNX export) is not timed here.
+
     python benchmarks/bench_export.py                    # ~30-40 min on 2 cores (compile: most)
     python benchmarks/bench_export.py --runs 3 --no-compile --size 640 640
 """
@@ -139,7 +144,7 @@ def time_size(h, w, model, runtimes, ort_selection, args):
         "torch.compile fp32": lambda: outputs["torch.compile fp32"][3:],
     }
     for name in runners:
-        if name == "PyTorch eager fp32":
+        if name == "PyTorch eager fp32" or name.startswith("RT-DETR"):
             continue
         if name == "PyTorch eager bf16":
             agreement = bf16_agreement(outputs["PyTorch eager fp32"][:3], outputs[name][:3])
@@ -154,6 +159,20 @@ def time_size(h, w, model, runtimes, ort_selection, args):
             print(f"{name} vs eager: {e}")
 
 
+def rtdetr_r50():
+    """RT-DETR R50 of Hugging Face ``transformers`` (random weights) as a function of one
+    (3, H, W) 0-255 image."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection
+
+    torch.manual_seed(0)
+    model = RTDetrForObjectDetection(RTDetrConfig()).eval()  # the default: ResNet-50-vd
+
+    def run(image):
+        return model(pixel_values=(image / 255.0)[None]).logits
+
+    return run
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--config-file", default=DEFAULT_CONFIG)
@@ -165,6 +184,7 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--onnx", metavar="FILE", help="an exported file (default: export one)")
+    parser.add_argument("--rtdetr", action="store_true", help="also RT-DETR R50 (transformers)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     sizes = args.size or [[640, 640], [800, 1333]]
@@ -203,6 +223,8 @@ def main(argv=None):
     runtimes["ONNX Runtime fp32"] = lambda image: session.run(None, {"image": image.numpy()})
     if compiled is not None:
         runtimes["torch.compile fp32"] = compiled
+    if args.rtdetr:
+        runtimes["RT-DETR R50 eager fp32 (transformers)"] = rtdetr_r50()
     for h, w in sizes:
         time_size(h, w, model, runtimes, ort_selection, args)
 

@@ -20,7 +20,6 @@ Example::
 import contextlib
 import functools
 import logging
-import os
 from typing import Iterator, Set
 
 import torch
@@ -73,7 +72,7 @@ def cpu_bf16_support() -> str | None:
     """The CPU flag that gives native bfloat16 arithmetic (e.g. ``"amx_bf16"``), or None."""
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return None
-    flags = cpu_flags() if os.path.exists("/proc/cpuinfo") else set()
+    flags = cpu_flags()
     found = [f for f in BF16_CPU_FLAGS if f in flags]
     return found[-1] if found else None
 

@@ -63,9 +63,13 @@ def _sample_levels(
         num_queries: (1,) int64 tensor holding Lq; levels, points: L and P (ints).
 
     Returns:
-        a list of L tensors (N*M, D, Lq, P): each level's sampled values. They are not
-        concatenated: the callers reduce each level and add the levels up, which saves writing
-        and reading the (N*M, D, Lq, L, P) tensor once more (a copy as large as the samples).
+        a list of L tensors (N*M, D, P, Lq): each level's sampled values, the queries innermost
+        (GridSample's output rows are the grid's rows: the grid is laid out (P, Lq)), so that
+        the per-query weights and queries broadcast along an outer axis (D or P) over
+        contiguous rows of Lq. The levels are not concatenated: the callers reduce each level
+        and add the levels up, which saves writing and reading the (N*M, D, L, P, Lq) tensor
+        once more (in ONNX Runtime's profile that copy and its transpose cost as much as the
+        sampling).
     """
     depth = value.shape[3]
     sampled = []
@@ -77,13 +81,13 @@ def _sample_levels(
         value_l = op.Transpose(value_l, perm=[0, 2, 3, 1])  # (N, M, D, H*W)
         value_l = op.Reshape(value_l, op.Concat(_ints(op, [-1, depth]), hw, axis=0))
         grid_l = op.Gather(grids, op.Constant(value_int=level), axis=3)  # (N, Lq, M, P, 2)
-        grid_l = op.Transpose(grid_l, perm=[0, 2, 1, 3, 4])  # (N, M, Lq, P, 2)
+        grid_l = op.Transpose(grid_l, perm=[0, 2, 3, 1, 4])  # (N, M, P, Lq, 2)
         grid_l = op.Reshape(
-            grid_l, op.Concat(_ints(op, [-1]), num_queries, _ints(op, [points, 2]), axis=0)
+            grid_l, op.Concat(_ints(op, [-1, points]), num_queries, _ints(op, [2]), axis=0)
         )
         sampled.append(
             op.GridSample(value_l, grid_l, align_corners=0, mode="bilinear", padding_mode="zeros")
-        )  # (N*M, D, Lq, P)
+        )  # (N*M, D, P, Lq)
     return sampled
 
 
@@ -102,17 +106,16 @@ def _ms_deform_attn(
     sampled = _sample_levels(
         op, value, spatial_shapes, level_start_index, grids, num_queries, num_levels, num_points
     )
-    weights = op.Transpose(attention_weights, perm=[0, 2, 1, 3, 4])  # (N, M, Lq, L, P)
+    weights = op.Transpose(attention_weights, perm=[0, 2, 3, 4, 1])  # (N, M, L, P, Lq)
     weights = op.Reshape(
         weights,
-        op.Concat(_ints(op, [-1, 1]), num_queries, _ints(op, [num_levels, num_points]), axis=0),
-    )  # (N*M, 1, Lq, L, P)
+        op.Concat(_ints(op, [-1, 1, num_levels, num_points]), num_queries, axis=0),
+    )  # (N*M, 1, L, P, Lq)
     levels = []
     for level, sampled_l in enumerate(sampled):
-        weights_l = op.Gather(weights, op.Constant(value_int=level), axis=3)  # (N*M, 1, Lq, P)
-        levels.append(op.ReduceSum(op.Mul(sampled_l, weights_l), _ints(op, [3]), keepdims=0))
-    out = _add(op, levels)  # (N*M, D, Lq)
-    out = op.Reshape(out, _ints(op, [-1, heads * depth, 0]))  # (N, M*D, Lq)
+        weights_l = op.Gather(weights, op.Constant(value_int=level), axis=2)  # (N*M, 1, P, Lq)
+        levels.append(op.ReduceSum(op.Mul(sampled_l, weights_l), _ints(op, [2]), keepdims=0))
+    out = op.Reshape(_add(op, levels), _ints(op, [-1, heads * depth, 0]))  # (N, M*D, Lq)
     return op.Transpose(out, perm=[0, 2, 1])
 
 
@@ -129,32 +132,30 @@ def _ms_deform_attn_key_aware(
     keys = values
     if key is not None:
         keys = _sample_levels(op, key, spatial_shapes, level_start_index, *sample)
-    # the logits of each level's P keys: a dot product over D (axis 1) with the query, whose
-    # layout (N*M, D, Lq, 1) broadcasts over P; no transpose of the sampled keys
+    # each level's logits (N*M, P, Lq): a dot product over D (axis 1) with the scaled query
+    # (N*M, D, 1, Lq), which broadcasts over P; the sampled keys are not transposed
     q = op.Transpose(query, perm=[0, 2, 3, 1])  # (N, M, D, Lq)
-    q = op.Reshape(q, op.Concat(_ints(op, [-1, depth]), num_queries, _ints(op, [1]), axis=0))
+    q = op.Reshape(q, op.Concat(_ints(op, [-1, depth, 1]), num_queries, axis=0))
     scale = op.CastLike(op.Constant(value_float=1.0 / float(depth) ** 0.5), value)
     q = op.Mul(q, scale)
-    logits = op.Concat(
-        *[op.ReduceSum(op.Mul(k, q), _ints(op, [1]), keepdims=0) for k in keys], axis=-1
-    )  # (N*M, Lq, J), J = L*P, level-major as the kernels
-    attn = op.Softmax(logits, axis=-1)
-    attn_levels = op.Split(
-        op.Unsqueeze(attn, _ints(op, [1])), axis=3, num_outputs=num_levels
-    )  # L x (N*M, 1, Lq, P)
-    attn_levels = attn_levels if num_levels > 1 else [attn_levels]
+    logits = [op.ReduceSum(op.Mul(k, q), _ints(op, [1]), keepdims=0) for k in keys]
+    attn = op.Softmax(op.Concat(*logits, axis=1), axis=1)  # (N*M, J, Lq), J = L*P level-major
+    attn_levels = op.Split(op.Unsqueeze(attn, _ints(op, [1])), axis=2, num_outputs=num_levels)
+    attn_levels = attn_levels if num_levels > 1 else [attn_levels]  # L x (N*M, 1, P, Lq)
     out = _add(
         op,
         [
-            op.ReduceSum(op.Mul(v, a), _ints(op, [3]), keepdims=0)
+            op.ReduceSum(op.Mul(v, a), _ints(op, [2]), keepdims=0)
             for v, a in zip(values, attn_levels)
         ],
     )  # (N*M, D, Lq)
     out = op.Reshape(out, _ints(op, [-1, heads * depth, 0]))  # (N, M*D, Lq)
     out = op.Transpose(out, perm=[0, 2, 1])  # (N, Lq, M*D)
     # the op's second output: the softmax weights (N, Lq, M, J) in the kernels' float32/64
-    attn = op.Reshape(attn, op.Concat(_ints(op, [-1, heads]), num_queries, _ints(op, [-1]), axis=0))
-    attn = op.Transpose(attn, perm=[0, 2, 1, 3])
+    attn = op.Reshape(
+        attn, op.Concat(_ints(op, [-1, heads, num_levels * num_points]), num_queries, axis=0)
+    )
+    attn = op.Transpose(attn, perm=[0, 3, 1, 2])
     if value.dtype is not None and value.dtype.name not in ("FLOAT", "DOUBLE"):
         attn = op.Cast(attn, to=1)
     return out, attn

@@ -161,14 +161,17 @@ def time_size(h, w, model, runtimes, ort_selection, args):
 
 def rtdetr_r50():
     """RT-DETR R50 of Hugging Face ``transformers`` (random weights) as a function of one
-    (3, H, W) 0-255 image."""
+    (3, H, W) 0-255 image, zero-padded at the bottom and right to multiples of 32 (its feature
+    pyramid needs them: 800x1333 runs as 800x1344)."""
     from transformers import RTDetrConfig, RTDetrForObjectDetection
 
     torch.manual_seed(0)
     model = RTDetrForObjectDetection(RTDetrConfig()).eval()  # the default: ResNet-50-vd
 
     def run(image):
-        return model(pixel_values=(image / 255.0)[None]).logits
+        h, w = image.shape[-2:]
+        image = torch.nn.functional.pad(image / 255.0, (0, -w % 32, 0, -h % 32))
+        return model(pixel_values=image[None]).logits
 
     return run
 

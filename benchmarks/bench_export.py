@@ -213,7 +213,10 @@ def main(argv=None):
             print(f"ONNX export + check at {eh}x{ew}: {secs:.0f} s")
         optimized = write_optimized_onnx(path, os.path.join(tmp, "model.optimized.onnx"))
         session = onnx_session(optimized, threads=args.threads, level="all")
-        ort_selection = selection_session(path, model.num_queries, None)
+        # the timed graph with its selection as extra outputs, for the comparison
+        ort_selection = selection_session(
+            optimized, model.num_queries, session.get_session_options()
+        )
     compiled = torch.compile(eager) if not args.no_compile else None
 
     def eager_bf16(image):

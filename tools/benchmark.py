@@ -167,16 +167,12 @@ def inference_runner(
     A function that runs ``model``'s tensor-only inference path on ``image`` (3, H, W float32,
     padded: :func:`padded_image`) through ``runtime`` in ``precision`` (already resolved:
     :func:`lite_detr.precision.resolve_precision`), and what it runs: "file" (ONNX Runtime's
-    graph file) or None. ``onnxruntime`` exports the model into ``workdir`` unless ``onnx_file``
-    is given; either way the optimised graph is written next to the file and timed.
+    graph file) or None. ``onnxruntime`` runs fp32 only; it exports the model into
+    ``workdir`` unless ``onnx_file`` is given; either way the optimised graph is written next to
+    the file and timed.
     """
     detector = InferenceDetector(model).eval()
     if runtime == "onnxruntime":
-        if precision != "fp32":
-            raise ConfigError(
-                "--runtime onnxruntime runs the fp32 ONNX file: use --precision fp32, or "
-                "--runtime eager/compile for bf16."
-            )
         h, w = image.shape[-2:]
         if onnx_file is None:
             check_input_size(model, h, w)
@@ -220,6 +216,11 @@ def benchmark(
         raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     if runtime != "eager" and set(tasks) != {"inference"}:
         raise ConfigError(f"--runtime {runtime} times inference only: pass --tasks inference.")
+    if runtime == "onnxruntime" and precision != "fp32":
+        raise ConfigError(
+            "--runtime onnxruntime runs the fp32 ONNX file: use --precision fp32, or "
+            "--runtime eager/compile for bf16."
+        )
     if runtime == "onnxruntime" and device != "cpu":
         raise ConfigError("--runtime onnxruntime runs on the CPU: pass --device cpu.")
     precision = resolve_precision(precision, device)

@@ -4,6 +4,19 @@ Speed of a LazyConfig model: inference latency, training iteration time, data-lo
 
     python tools/benchmark.py --config-file CONFIG --tasks inference --input-size 800 1333
     python tools/benchmark.py --config-file CONFIG --device cuda --tasks inference train data
+    python tools/benchmark.py --config-file CONFIG --input-size 640 640 --runtime onnxruntime
+    python tools/benchmark.py --config-file CONFIG --input-size 640 640 --precision bf16
+
+Inference runs one of three paths, so that a user can pick the fastest: ``--runtime eager``
+(PyTorch, ``--precision bf16``: bfloat16 autocast on a CPU with bfloat16 instructions, see
+:mod:`lite_detr.precision`), ``compile`` (``torch.compile``, inductor; its first run, the
+compilation, is among the warm-up runs) or ``onnxruntime`` (the model exported to ONNX in a
+temporary folder, or ``--onnx FILE`` from tools/export_model.py, whose optimised graph is then
+written next to it as ``FILE.optimized.onnx`` and timed; graph optimisation level "all"). Each
+path times the same thing: the tensor-only inference path (:class:`lite_detr.export.
+InferenceDetector`: image in, boxes/scores/labels out) on the image padded to the model's size
+divisibility. ONNX Runtime uses as many threads as PyTorch (``torch.get_num_threads()``, set
+with ``--threads``).
 
 Latency is measured after ``--warmup`` runs over ``--iters`` runs: median and spread (p10-p90,
 min-max), FPS = 1 / median, and the peak memory (CUDA: max allocated; CPU: peak resident set size
@@ -17,7 +30,9 @@ median; the warnings are also returned with the task's statistics.
 import argparse
 import itertools
 import logging
+import os
 import resource
+import tempfile
 import time
 import warnings
 from typing import Dict, Sequence
@@ -40,6 +55,16 @@ from lite_detr.engine.cli import (  # noqa: E402
     read_load,
     run_tool,
 )
+from lite_detr.export import (  # noqa: E402
+    ExportError,
+    InferenceDetector,
+    check_input_size,
+    export_onnx,
+    onnx_session,
+    optimized_onnx_path,
+    write_optimized_onnx,
+)
+from lite_detr.precision import PRECISIONS, bf16_inference, resolve_precision  # noqa: E402
 from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
 
 logger = logging.getLogger("lite_detr.benchmark")
@@ -118,6 +143,62 @@ def _fake_instances(h: int, w: int, num: int = 5) -> Instances:
     return inst
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
+def padded_image(model: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) image -> float32, zero-padded at the bottom and right to multiples of the
+    model's size divisibility (the input of the tensor-only inference path)."""
+    d = max(int(getattr(model, "size_divisibility", 0) or 0), 1)
+    h, w = image.shape[-2:]
+    image = image.float()
+    return torch.nn.functional.pad(image, (0, -w % d, 0, -h % d))
+
+
+def inference_runner(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    runtime: str = "eager",
+    precision: str = "fp32",
+    onnx_file: str | None = None,
+    workdir: str | None = None,
+):
+    """
+    A function that runs ``model``'s tensor-only inference path on ``image`` (3, H, W float32,
+    padded: :func:`padded_image`) through ``runtime`` in ``precision`` (already resolved:
+    :func:`lite_detr.precision.resolve_precision`), and what it runs: "file" (ONNX Runtime's
+    graph file) or None. ``onnxruntime`` runs fp32 only; it exports the model into
+    ``workdir`` unless ``onnx_file`` is given; either way the optimised graph is written next to
+    the file and timed.
+    """
+    detector = InferenceDetector(model).eval()
+    if runtime == "onnxruntime":
+        h, w = image.shape[-2:]
+        if onnx_file is None:
+            check_input_size(model, h, w)
+            onnx_file = os.path.join(workdir, "model.onnx")
+            logger.info(f"exporting the model to ONNX at {h}x{w} (a few minutes) ...")
+            export_onnx(model.to("cpu"), onnx_file, h, w, threads=torch.get_num_threads())
+            optimized = write_optimized_onnx(onnx_file)
+        else:
+            optimized = optimized_onnx_path(onnx_file)
+            if not os.path.isfile(optimized) or os.path.getmtime(optimized) < os.path.getmtime(
+                onnx_file
+            ):
+                write_optimized_onnx(onnx_file, optimized)
+                logger.info(f"wrote ONNX Runtime's optimised graph of {onnx_file} to {optimized}")
+        session = onnx_session(optimized, threads=torch.get_num_threads())
+        feeds = {"image": image.cpu().numpy()}
+        return (lambda: session.run(None, feeds)), optimized
+    fn = torch.compile(detector) if runtime == "compile" else detector
+
+    def run():
+        with torch.no_grad(), bf16_inference(model, precision):
+            return fn(image)
+
+    return run, None
+
+
 def benchmark(
     cfg,
     tasks: Sequence[str] = ("inference",),
@@ -125,24 +206,51 @@ def benchmark(
     device: str = "cpu",
     warmup: int = 3,
     iters: int = 10,
+    runtime: str = "eager",
+    precision: str = "fp32",
+    onnx_file: str | None = None,
 ) -> Dict[str, Dict[str, float]]:
-    """Run the benchmark tasks; return their statistics (seconds, FPS, MB)."""
+    """Run the benchmark tasks; return their statistics (seconds, FPS, MB). Inference runs
+    through ``runtime`` in ``precision`` (see the module docstring)."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime != "eager" and set(tasks) != {"inference"}:
+        raise ConfigError(f"--runtime {runtime} times inference only: pass --tasks inference.")
+    if runtime == "onnxruntime" and precision != "fp32":
+        raise ConfigError(
+            "--runtime onnxruntime runs the fp32 ONNX file: use --precision fp32, or "
+            "--runtime eager/compile for bf16."
+        )
+    if runtime == "onnxruntime" and device != "cpu":
+        raise ConfigError("--runtime onnxruntime runs on the CPU: pass --device cpu.")
+    precision = resolve_precision(precision, device)
     ret = {}
     if "inference" in tasks or "train" in tasks:
         model = instantiate(cfg.model).to(device)
         inputs = sample_inputs(cfg, 1, input_size)
     if "inference" in tasks:
         model.eval()
-        if device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        with torch.no_grad():
-            stats = _timeit(lambda: model(inputs), warmup, iters, device, "inference")
+        image = padded_image(model, inputs[0]["image"]).to(device)
+        with tempfile.TemporaryDirectory() as workdir:
+            try:
+                fn, graph_file = inference_runner(
+                    model, image, runtime, precision, onnx_file, workdir
+                )
+            except ExportError as e:
+                raise ConfigError(f"Cannot run --runtime {runtime}: {e}") from e
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            stats = _timeit(fn, warmup, iters, device, "inference")
         stats["fps"] = 1.0 / stats["median_s"]
         stats["peak_memory_mb"] = _peak_memory_mb(device)
+        stats.update(runtime=runtime, precision=precision, threads=torch.get_num_threads())
+        if onnx_file:
+            stats["optimized_onnx_file"] = graph_file
         ret["inference"] = stats
-        h, w = inputs[0]["image"].shape[-2:]
+        h, w = image.shape[-2:]
         logger.info(
-            f"inference {h}x{w} on {device}: median {stats['median_s'] * 1e3:.1f} ms "
+            f"inference {h}x{w} on {device} ({runtime}, {precision}, "
+            f"{torch.get_num_threads()} threads): median {stats['median_s'] * 1e3:.1f} ms "
             f"(p10 {stats['p10_s'] * 1e3:.1f}, p90 {stats['p90_s'] * 1e3:.1f}, "
             f"min {stats['min_s'] * 1e3:.1f}, max {stats['max_s'] * 1e3:.1f}, "
             f"spread {100 * stats['spread']:.0f}%), "
@@ -203,6 +311,14 @@ def get_parser():
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="eager", help="inference path")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument(
+        "--onnx", metavar="FILE", default=None, help="--runtime onnxruntime: this exported file"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads (default: torch's)"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 
@@ -221,7 +337,23 @@ def _main(args):
         raise ConfigError("--device cuda but no CUDA GPU is available: use --device cpu.")
     if "data" in args.tasks:  # the others fall back to random images without the dataset
         check_config(cfg)
-    return benchmark(cfg, args.tasks, args.input_size, args.device, args.warmup, args.iters)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.onnx and args.runtime != "onnxruntime":
+        raise ConfigError("--onnx FILE is for --runtime onnxruntime.")
+    if args.onnx and not os.path.isfile(args.onnx):
+        raise ConfigError(f"--onnx {args.onnx!r} does not exist: pass a file of export_model.py.")
+    return benchmark(
+        cfg,
+        args.tasks,
+        args.input_size,
+        args.device,
+        args.warmup,
+        args.iters,
+        args.runtime,
+        args.precision,
+        args.onnx,
+    )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from tqdm import tqdm  # noqa: E402
 from lite_detr.config import ConfigError, check_device, load_config  # noqa: E402
 from lite_detr.engine import Predictor, read_rgb  # noqa: E402
 from lite_detr.engine.cli import run_tool  # noqa: E402
+from lite_detr.precision import PRECISIONS  # noqa: E402
 from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
 from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
 
@@ -129,12 +130,20 @@ def _run_video(predictor, path: str, out_dir: str, threshold: float, class_names
     return [{"file_name": path, "output": out_path, "frames": frames}]
 
 
-def run(cfg, weights: str, inputs: List[str], output: str, threshold: float = 0.5) -> List[Dict]:
-    """Predict on every input; write PNG/MP4 visualisations and ``results.json`` into ``output``."""
+def run(
+    cfg,
+    weights: str,
+    inputs: List[str],
+    output: str,
+    threshold: float = 0.5,
+    precision: str = "fp32",
+) -> List[Dict]:
+    """Predict on every input; write PNG/MP4 visualisations and ``results.json`` into ``output``.
+    ``precision`` "bf16": bfloat16 CPU inference (:class:`~lite_detr.engine.Predictor`)."""
     if os.path.exists(output) and not os.path.isdir(output):
         raise ConfigError(f"--output {output!r} is a file: pass a folder (it is created).")
     files = _expand_inputs(inputs)
-    predictor = Predictor(cfg, weights)
+    predictor = Predictor(cfg, weights, precision)
     class_names = predictor.metadata.get("thing_classes", [])
     os.makedirs(output, exist_ok=True)
     results, skipped = [], []
@@ -173,6 +182,12 @@ def get_parser():
     parser.add_argument("--input", nargs="+", required=True, help="images, folders or videos")
     parser.add_argument("--output", required=True, help="folder for PNG/MP4 and results.json")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="bf16: bfloat16 inference on a CPU with bfloat16 instructions (else fp32)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     return parser
 
@@ -202,6 +217,7 @@ def _main(args):
         args.input,
         args.output,
         args.confidence_threshold,
+        args.precision,
     )
 
 

@@ -66,3 +66,28 @@ def test_load_threshold_is_per_core():
     assert not benchmark.load_warnings(1.5, 8, even)  # 0.19 per core
     real_load, cores = benchmark.read_load()
     assert real_load >= 0 and cores >= 1
+
+
+def test_eager_bf16_and_bad_runtime_combinations(tools_data, monkeypatch, capsys):
+    import lite_detr.precision as precision
+
+    benchmark = load_tool("benchmark")
+    monkeypatch.setattr(benchmark, "read_load", lambda: (0.1, 2))
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: "avx512_bf16")
+    args = ["--config-file", SHAPES_CFG, "--input-size", "96", "128", "--iters", "1"]
+    args += ["--warmup", "0"]
+    overrides = [*TINY, *tools_data]
+    stats = benchmark.main(args + ["--precision", "bf16"] + overrides)["inference"]
+    assert (stats["runtime"], stats["precision"], stats["runs"]) == ("eager", "bf16", 1)
+    capsys.readouterr()
+    for bad, words in [
+        (["--runtime", "onnxruntime", "--precision", "bf16"], "runs the fp32 ONNX file"),
+        (["--onnx", "model.onnx"], "--onnx FILE is for --runtime onnxruntime"),
+        (["--runtime", "onnxruntime", "--onnx", "missing.onnx"], "does not exist"),
+        (["--runtime", "compile", "--tasks", "train"], "times inference only"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            benchmark.main(args + bad + overrides)
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err

@@ -190,3 +190,16 @@ def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
     expected = (ramp >> 8).astype(np.uint8)
     assert all(np.array_equal(rgb[..., c], expected) for c in range(3))
     assert rgb.min() == 0 and rgb.max() == expected.max() > 200  # a ramp, not a blank picture
+
+
+def test_demo_precision_bf16_falls_back_with_one_line(tmp_path, weights, tools_data, monkeypatch):
+    import lite_detr.precision as precision
+
+    demo = load_tool("demo")
+    monkeypatch.setattr(precision, "cpu_bf16_support", lambda: None)
+    argv = _demo_argv(tmp_path, weights, tools_data)
+    warned = []
+    monkeypatch.setattr(precision.logger, "warning", warned.append)
+    results = demo.main(argv[:2] + ["--precision", "bf16"] + argv[2:])
+    assert len(results) == 1 and os.path.isfile(results[0]["output"])
+    assert len(warned) == 1 and "running in fp32 instead of bf16" in warned[0]

@@ -16,11 +16,15 @@ from lite_detr.export import (
     ExportError,
     InferenceDetector,
     OnnxDetector,
+    compare_detections,
     describe_comparison,
     min_input_side,
+    onnx_session,
+    optimized_onnx_path,
     read_selection,
     selection_changes,
     selection_session,
+    write_optimized_onnx,
 )
 
 from ..conftest import TINY_MODEL
@@ -149,6 +153,34 @@ def test_r50_exports_and_matches_at_two_sizes(tmp_path):
         assert strict["matched"] == strict["detections"] == 300
         assert strict["max_score_diff"] <= SCORE_TOLERANCE
         assert strict["max_box_diff_px"] <= BOX_TOLERANCE
+
+
+def test_optimized_onnx_file_gives_the_same_detections(tiny_export):
+    out, _, model, _ = tiny_export
+    optimized = write_optimized_onnx(str(out))
+    assert optimized == optimized_onnx_path(str(out)) == str(out.parent / "tiny.optimized.onnx")
+    assert os.path.isfile(optimized) and not list(out.parent.glob(".tmp-*"))
+    assert os.path.getsize(optimized) > 0.5 * os.path.getsize(out)  # the weights are in it
+    plain = onnx_session(str(out), threads=2, level="disabled")
+    fast = onnx_session(optimized, threads=2, level="all")
+    g = torch.Generator().manual_seed(7)
+    for h, w in [(128, 160), (160, 96)]:  # the export size and another (the graph stays dynamic)
+        image = (torch.rand(3, h, w, generator=g) * 255).numpy()
+        expected = plain.run(None, {"image": image})
+        stats = compare_detections(expected, fast.run(None, {"image": image}), (h, w))
+        assert stats["matched"] == stats["detections"] == 30
+
+
+def test_benchmark_times_an_exported_file(tiny_export, monkeypatch):
+    out, _, model, _ = tiny_export
+    benchmark = load_tool("benchmark")
+    monkeypatch.setattr(benchmark, "read_load", lambda: (0.1, 2))
+    args = ["--config-file", SHAPES_CFG, "--input-size", "128", "160", "--iters", "2"]
+    args += ["--warmup", "1", "--runtime", "onnxruntime", "--onnx", str(out), *EXPORT_TINY]
+    stats = benchmark.main(args)["inference"]
+    assert stats["runtime"] == "onnxruntime" and stats["precision"] == "fp32"
+    assert stats["optimized_onnx_file"] == optimized_onnx_path(str(out))
+    assert stats["runs"] == 2 and 0 < stats["median_s"]
 
 
 def test_onnx_detector_checks_the_minimum_size(tiny_export):

@@ -8,6 +8,7 @@ and checks it with ONNX Runtime against PyTorch; :class:`OnnxDetector` runs such
 the input size the file records.
 """
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -535,11 +536,8 @@ def export_onnx(
     for h, w in sizes:
         check_input_size(model, h, w)
     program = export_program(model, height, width)
-    out_dir = os.path.dirname(os.path.abspath(output))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out_dir)
-    os.close(fd)
-    try:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with _onnx_written_to(output) as tmp:
         try:
             onnx_program = torch.onnx.export(
                 program,
@@ -564,6 +562,19 @@ def export_onnx(
         )
         onnx_program.save(tmp, external_data=False)
         report = _check_file(tmp, InferenceDetector(model).model, sizes, threads)
+    return report
+
+
+@contextlib.contextmanager
+def _onnx_written_to(output: str):
+    """A temporary file next to ``output`` to write an ONNX file into: renamed to ``output`` when
+    the ``with`` block completes, removed when it raises (``output`` is then left as it was)."""
+    fd, tmp = tempfile.mkstemp(
+        prefix=".tmp-", suffix=".onnx", dir=os.path.dirname(os.path.abspath(output))
+    )
+    os.close(fd)
+    try:
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it private
@@ -571,7 +582,6 @@ def export_onnx(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return report
 
 
 def onnx_session(
@@ -627,18 +637,8 @@ def write_optimized_onnx(path: str, output: str | None = None) -> str:
     Returns ``output``.
     """
     output = output or optimized_onnx_path(path)
-    out_dir = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=out_dir)
-    os.close(fd)
-    try:
+    with _onnx_written_to(output) as tmp:
         onnx_session(path, level="extended", optimized_model_filepath=tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return output
 
 

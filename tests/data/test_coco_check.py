@@ -144,7 +144,7 @@ def test_exif_rotated_image_size_is_the_rotated_one(tmp_path):
 
 
 def test_png_with_damaged_data_is_found_by_the_check_and_the_reader(tmp_path):
-    # issue 25, item 5: header and IEND intact, compressed data broken
+    # header and IEND intact, compressed data broken
     from lite_detr.data import read_image
 
     images = [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}]
@@ -164,7 +164,7 @@ def test_png_with_damaged_data_is_found_by_the_check_and_the_reader(tmp_path):
 
 
 def test_exif_quarter_turn_that_disagrees_with_the_json_says_so(tmp_path):
-    # issue 25, item 12: the json has the stored (unrotated) size of an EXIF-rotated image
+    # the json has the stored (unrotated) size of an EXIF-rotated image
     images = [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}]
     json_file, root = _dataset(tmp_path, images=images, anns=[], write_images=False)
     im = Image.new("RGB", (40, 30))

@@ -171,7 +171,7 @@ def test_r50_config_on_own_files_and_re_registration(tmp_path):
 
 
 def test_training_json_without_annotations_is_one_line(tmp_path):
-    # issue 25, item 7: not detectron2's "AssertionError: No valid data found" traceback
+    # not detectron2's "AssertionError: No valid data found" traceback
     json_file = write_split(tmp_path, "train")
     write_split(tmp_path, "val")
     with open(json_file) as f:

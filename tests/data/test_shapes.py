@@ -117,7 +117,7 @@ def test_datasets_root_that_is_a_file(tmp_path, monkeypatch):
 
 
 def test_changed_json_of_a_generated_dataset_says_delete_to_regenerate(tmp_path):
-    # issue 25, item 16: instances_train.json emptied after the generation gave a traceback
+    # instances_train.json emptied after the generation gave a traceback
     from lite_detr.data import DatasetError, check_shapes_dataset
 
     args = {"num_train": 2, "num_val": 1, "image_size": 64}
@@ -135,7 +135,7 @@ def test_changed_json_of_a_generated_dataset_says_delete_to_regenerate(tmp_path)
 
 
 def test_lock_wait_has_a_timeout(tmp_path, monkeypatch):
-    # issue 25, item 6: no lock wait without a timeout; another process's generation is waited
+    # no lock wait without a timeout; another process's generation is waited
     # for at most LOCK_TIMEOUT_S
     from filelock import FileLock
 

@@ -163,7 +163,7 @@ def test_output_dir_of_a_run_is_refused_without_resume_or_overwrite(tmp_path):
     ],
 )
 def test_model_overrides_of_the_wrong_type_name_the_key(override, message):
-    # issue 25, item 8: `model.embed_dim=abc` failed deep in a constructor with a TypeError
+    # `model.embed_dim=abc` failed deep in a constructor with a TypeError
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(SHAPES_CFG, [override])
     cfg = load_config(
@@ -173,7 +173,7 @@ def test_model_overrides_of_the_wrong_type_name_the_key(override, message):
 
 
 def test_unknown_device_is_refused_before_the_launch():
-    # issue 25, item 8: train_net.py's launch (check_launch) met torch.device's RuntimeError first
+    # train_net.py's launch (check_launch) met torch.device's RuntimeError first
     from lite_detr.engine.launch import check_launch
 
     for device in ("tpu", "cuda:x", "meta"):
@@ -183,7 +183,7 @@ def test_unknown_device_is_refused_before_the_launch():
 
 
 def test_output_dir_that_is_a_file(tmp_path, capsys):
-    # issue 25, item 9: "[Errno 17] File exists" did not say the output folder is a file
+    # "[Errno 17] File exists" did not say the output folder is a file
     afile = tmp_path / "afile"
     afile.write_text("keep me")
     with pytest.raises(ConfigError, match=rf"train.output_dir='{afile}' is a file, not a folder"):

@@ -2,11 +2,15 @@
 #include "ms_deform_attn.h"
 #include "cpu/gradient_buffers.h"
 #include "cpu/instruction_set.h"
-#include "sampling.h"
 
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -21,19 +25,81 @@ std::string shape_str(const at::Tensor& t) {
   return s + (t.dim() == 1 ? ",)" : ")");
 }
 
-// Checks `t` against `expected` sizes (-1: any), value's dtype and device, and contiguity.
-void check_float(const char* op, const char* name, const char* layout, const at::Tensor& t,
-                 const std::vector<int64_t>& expected, const at::Tensor& value) {
-  TORCH_CHECK(t.dim() == static_cast<int64_t>(expected.size()), op, ": ", name, " must be ", layout,
-              ", got shape ", shape_str(t));
-  for (size_t i = 0; i < expected.size(); ++i) {
-    TORCH_CHECK(expected[i] < 0 || t.size(i) == expected[i], op, ": ", name, " must be ", layout,
-                ", got shape ", shape_str(t), " with value of shape ", shape_str(value));
+// "torch.float64": dtypes as users write them.
+std::string dtype_str(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
+// "[[4, 5], [2, 3]]" / "[0, 20]": the level tensors (on the host) as Python prints their lists.
+std::string list_str(const at::Tensor& t) {
+  const int64_t* p = t.const_data_ptr<int64_t>();
+  std::string s = "[";
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    const bool pair = t.dim() == 2;
+    if (pair && i % 2 == 0) s += "[";
+    s += std::to_string(p[i]);
+    if (pair && i % 2 == 1) s += "]";
+    if (i + 1 < t.numel()) s += ", ";
   }
-  TORCH_CHECK(t.scalar_type() == value.scalar_type(), op, ": ", name, " must have value's dtype ",
-              value.scalar_type(), ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == value.device(), op, ": ", name, " is on ", t.device(),
-              " but value is on ", value.device());
+  return s + "]";
+}
+
+// One input's layout: a name per dim (a shared size such as "N", "L") or a fixed size ("2").
+struct Layout {
+  const char* name;
+  const at::Tensor* tensor;
+  std::vector<const char*> dims;
+};
+
+std::string layout_str(const std::vector<const char*>& dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i)
+    s += std::string(dims[i]) + (i + 1 < dims.size() ? ", " : "");
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+// Checks each input's rank and fixed sizes, and that a named size (N, S, M, D, Lq, L, P) is the
+// same wherever it appears; the first input to show a name sets its size.
+void check_layouts(const char* op, const std::vector<Layout>& inputs) {
+  struct Seen {
+    int64_t size;
+    const char* name;
+    size_t axis;
+  };
+  std::vector<std::pair<const char*, Seen>> seen;
+  for (const auto& in : inputs) {
+    const at::Tensor& t = *in.tensor;
+    TORCH_CHECK_VALUE(t.dim() == static_cast<int64_t>(in.dims.size()), op, ": ", in.name,
+                      " must be ", layout_str(in.dims), ", got shape ", shape_str(t));
+    for (size_t axis = 0; axis < in.dims.size(); ++axis) {
+      const char* dim = in.dims[axis];
+      const int64_t size = t.size(static_cast<int64_t>(axis));
+      if (std::isdigit(static_cast<unsigned char>(dim[0]))) {
+        TORCH_CHECK_VALUE(size == std::atoll(dim), op, ": ", in.name, " must have size ", dim,
+                          " at dim ", axis, ", got ", shape_str(t));
+        continue;
+      }
+      auto it = std::find_if(seen.begin(), seen.end(),
+                             [&](const auto& s) { return std::strcmp(s.first, dim) == 0; });
+      if (it == seen.end()) {
+        seen.push_back({dim, {size, in.name, axis}});
+        continue;
+      }
+      const Seen& other = it->second;
+      TORCH_CHECK_VALUE(size == other.size, op, ": ", in.name, " has ", dim, "=", size, " at dim ",
+                        axis, " but ", other.name, " has ", dim, "=", other.size, " at dim ",
+                        other.axis, " (", in.name, " shape ", shape_str(t), ")");
+    }
+  }
+}
+
+void check_dtype_device(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
+                        const at::Tensor& value) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype_str(dtype),
+                   ", got ", dtype_str(t.scalar_type()));
+  TORCH_CHECK_VALUE(t.device() == value.device(), op, ": ", name, " is on ", t.device(),
+                    " but value is on ", value.device());
+  // the public functions copy non-contiguous inputs; the raw ops take contiguous ones only
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
 }
 
@@ -43,45 +109,32 @@ void check_inputs(const char* op, const at::Tensor& value, const at::Tensor& spa
                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                   const std::optional<at::Tensor>& attention_weights,
                   const std::optional<at::Tensor>& query, const std::optional<at::Tensor>& key) {
-  TORCH_CHECK(value.dim() == 4, op, ": value must be (N, S, M, D), got shape ", shape_str(value));
+  TORCH_CHECK_VALUE(value.dim() == 4, op, ": value must be (N, S, M, D), got shape ",
+                    shape_str(value));
   const auto dtype = value.scalar_type();
-  TORCH_CHECK(
+  TORCH_CHECK_TYPE(
       dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16,
-      op, ": value must be float16, bfloat16, float32 or float64, got ", dtype);
+      op, ": value must be float16/bfloat16/float32/float64, got ", dtype_str(dtype));
   TORCH_CHECK(value.is_contiguous(), op, ": value must be contiguous");
-  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), D = value.size(3);
 
-  TORCH_CHECK(
-      spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 2 && spatial_shapes.size(0) > 0, op,
-      ": spatial_shapes must be (L, 2) with L >= 1, got shape ", shape_str(spatial_shapes));
-  const int64_t L = spatial_shapes.size(0);
-  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == L, op,
-              ": level_start_index must be (L,) with L = ", L, ", got shape ",
-              shape_str(level_start_index));
-  for (const auto* t : {&spatial_shapes, &level_start_index}) {
-    const char* name = t == &spatial_shapes ? "spatial_shapes" : "level_start_index";
-    TORCH_CHECK(t->scalar_type() == at::kLong, op, ": ", name, " must be int64, got ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == value.device(), op, ": ", name, " is on ", t->device(),
-                " but value is on ", value.device());
-    TORCH_CHECK(t->is_contiguous(), op, ": ", name, " must be contiguous");
-  }
-
-  TORCH_CHECK(sampling_locations.dim() == 6, op,
-              ": sampling_locations must be (N, Lq, M, L, P, 2), got shape ",
-              shape_str(sampling_locations));
-  const int64_t Lq = sampling_locations.size(1), P = sampling_locations.size(4);
-  check_float(op, "sampling_locations", "(N, Lq, M, L, P, 2)", sampling_locations,
-              {N, -1, M, L, -1, 2}, value);
+  // the order sets which input a mismatch is reported against (value first, the levels last)
+  std::vector<Layout> layouts{{"value", &value, {"N", "S", "M", "D"}}};
+  if (key) layouts.push_back({"key", &*key, {"N", "S", "M", "D"}});
+  if (query) layouts.push_back({"query", &*query, {"N", "Lq", "M", "D"}});
+  layouts.push_back({"sampling_locations", &sampling_locations, {"N", "Lq", "M", "L", "P", "2"}});
   if (attention_weights) {
-    check_float(op, "attention_weights", "(N, Lq, M, L, P)", *attention_weights, {N, Lq, M, L, P},
-                value);
+    layouts.push_back({"attention_weights", &*attention_weights, {"N", "Lq", "M", "L", "P"}});
   }
-  if (query) {
-    check_float(op, "query", "(N, Lq, M, D)", *query, {N, Lq, M, D}, value);
-  }
-  if (key) {
-    check_float(op, "key", "(N, S, M, D) like value", *key, {N, S, M, D}, value);
+  layouts.push_back({"spatial_shapes", &spatial_shapes, {"L", "2"}});
+  layouts.push_back({"level_start_index", &level_start_index, {"L"}});
+  check_layouts(op, layouts);
+  TORCH_CHECK_VALUE(spatial_shapes.size(0) > 0, op,
+                    ": spatial_shapes must hold at least one level, got shape (0, 2)");
+
+  for (const auto& in : layouts) {
+    if (in.tensor == &value) continue;  // the reference dtype and device
+    const bool levels = in.tensor == &spatial_shapes || in.tensor == &level_start_index;
+    check_dtype_device(op, in.name, *in.tensor, levels ? at::kLong : dtype, value);
   }
 }
 
@@ -90,28 +143,49 @@ void check_levels_host(const char* op, const at::Tensor& value, const at::Tensor
   TORCH_CHECK(spatial_shapes.device().is_cpu() && level_start_index.device().is_cpu(), op,
               ": check_levels_host needs the level tensors on the CPU");
   const int64_t L = spatial_shapes.size(0), S = value.size(1);
-  const int64_t* shapes = spatial_shapes.data_ptr<int64_t>();
-  const int64_t* starts = level_start_index.data_ptr<int64_t>();
-  int64_t total = 0;  // <= S throughout: level_fits is checked before adding
+  const int64_t* shapes = spatial_shapes.const_data_ptr<int64_t>();
+  const int64_t* starts = level_start_index.const_data_ptr<int64_t>();
   for (int64_t l = 0; l < L; ++l) {
-    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-    TORCH_CHECK(H > 0 && W > 0, op, ": spatial_shapes must hold positive (H, W), got (", H, ", ", W,
-                ") at level ", l);
-    TORCH_CHECK(starts[l] == total, op, ": level_start_index[", l, "] is ", starts[l],
-                " but spatial_shapes put level ", l, " at ", total);
-    TORCH_CHECK(level_fits(H, W, total, S), op, ": level ", l, " of spatial_shapes, (H, W) = (", H,
-                ", ", W, ") starting at token ", total, ", does not fit in the S = ", S,
-                " tokens of value");
-    total += H * W;
+    TORCH_CHECK_VALUE(shapes[2 * l] > 0 && shapes[2 * l + 1] > 0, op,
+                      ": spatial_shapes must be positive (H, W) pairs, got ",
+                      list_str(spatial_shapes));
   }
-  TORCH_CHECK(total == S, op, ": sum of H*W over spatial_shapes is ", total,
-              " but value has S = ", S, " tokens");
+  // the exact sum, unless it overflows int64 (hostile sizes): then it exceeds any S
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  int64_t total = 0;
+  bool overflow = false, expected_starts = true;
+  for (int64_t l = 0; l < L && !overflow; ++l) {
+    const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
+    overflow = H > kMax / W || total > kMax - H * W;
+    expected_starts = expected_starts && starts[l] == total;
+    total += overflow ? 0 : H * W;
+  }
+  const char* fix = ": pass the (H, W) of the levels flattened into value";
+  TORCH_CHECK_VALUE(!overflow, op, ": sum of H*W over spatial_shapes ", list_str(spatial_shapes),
+                    " is more than the S=", S, " tokens of value (value shape ", shape_str(value),
+                    ")", fix);
+  TORCH_CHECK_VALUE(total == S, op, ": sum of H*W over spatial_shapes ", list_str(spatial_shapes),
+                    " is ", total, " but value has S=", S, " tokens (value shape ",
+                    shape_str(value), ")", fix);
+  if (!expected_starts) {
+    std::string expected = "[";
+    for (int64_t l = 0, start = 0; l < L; start += shapes[2 * l] * shapes[2 * l + 1], ++l) {
+      expected += std::to_string(start) + (l + 1 < L ? ", " : "]");
+    }
+    TORCH_CHECK_VALUE(false, op, ": level_start_index ", list_str(level_start_index),
+                      " is inconsistent with spatial_shapes ", list_str(spatial_shapes),
+                      ": expected ", expected);
+  }
 }
 
 void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& value,
                        const at::Tensor& sampling_locations) {
-  check_float(op, "grad_output", "(N, Lq, M * D)", grad_output,
-              {value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)}, value);
+  const std::vector<int64_t> expected{value.size(0), sampling_locations.size(1),
+                                      value.size(2) * value.size(3)};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), op,
+                    ": grad_output must be (N, Lq, M * D) like the forward's output, got shape ",
+                    shape_str(grad_output), " with value of shape ", shape_str(value));
+  check_dtype_device(op, "grad_output", grad_output, value.scalar_type(), value);
 }
 
 }  // namespace lite_detr

@@ -21,15 +21,22 @@
 
 namespace lite_detr {
 
-// Checks shapes, dtypes, devices and contiguity shared by every op; `op` prefixes the messages.
-// `attention_weights`, `query` and `key` are checked when given.
+// The op boundary: the one place where the ops' tensor inputs are checked (the Python functions
+// above them add nothing but what C++ cannot see: autocast, meta tensors, non-tensors). Checks
+// shapes (each named size, N, S, M, D, Lq, L, P, agreeing across the inputs), dtypes, devices and
+// contiguity; `op` prefixes the messages, which name the input and what it must be. Bad shapes
+// and devices raise ValueError in Python, bad dtypes TypeError, non-contiguous inputs (which the
+// public functions copy) RuntimeError. `attention_weights`, `query` and `key` are checked when
+// given.
 void check_inputs(const char* op, const at::Tensor& value, const at::Tensor& spatial_shapes,
                   const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                   const std::optional<at::Tensor>& attention_weights,
                   const std::optional<at::Tensor>& query, const std::optional<at::Tensor>& key);
 
-// Checks that spatial_shapes / level_start_index (on the host) describe the S tokens of value.
-// Kernels index value with them, so a mismatch would read out of bounds.
+// Checks that spatial_shapes / level_start_index (on the host) describe the S tokens of value:
+// positive sizes, sum of H*W == S, level_start_index their running sum. Kernels index value with
+// them, so a mismatch would read out of bounds. The CPU entry points call it; the CUDA ones do not
+// (reading device tensors would synchronise), and the kernels skip a level that does not fit.
 void check_levels_host(const char* op, const at::Tensor& value, const at::Tensor& spatial_shapes,
                        const at::Tensor& level_start_index);
 

@@ -1,4 +1,4 @@
-"""Argument checks and sampling locations shared by the multi-scale deformable attentions."""
+"""Input checks and sampling locations shared by the multi-scale deformable attentions."""
 
 import torch
 
@@ -21,14 +21,18 @@ def check_deformable_attention_inputs(
     value: torch.Tensor,
     reference_points: torch.Tensor,
     spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
     key_padding_mask: torch.Tensor | None,
     query_pos: torch.Tensor | None,
 ) -> None:
     """
-    Raise ValueError naming the offending argument when the inputs of a deformable attention
-    module have the wrong shape, dtype or device. Argument shapes are those of
-    :meth:`MultiScaleDeformableAttention.forward`.
+    Raise ValueError naming the offending argument when an input that the module uses before
+    the op has the wrong shape or device: the op sees only its projections and the sampling
+    locations, so a wrong ``query`` or ``reference_points`` would fail inside a linear layer with
+    a message naming none of the inputs, or broadcast silently. ``spatial_shapes`` is checked
+    only for what :func:`compute_sampling_locations` needs (its L rows, its device); its dtype and
+    values, ``level_start_index`` and the agreement with ``value``'s S tokens are the op's to
+    check (``lite_detr.ops``, at its C++ boundary). No check reads a tensor's data.
+    Argument shapes are those of :meth:`MultiScaleDeformableAttention.forward`.
     """
     if query.dim() != 3 or query.shape[-1] != embed_dim:
         raise ValueError(f"{module_name}: query must be (N, Lq, {embed_dim}), got {_shape(query)}")
@@ -43,15 +47,10 @@ def check_deformable_attention_inputs(
             f"{module_name}: query_pos must have the shape of query {_shape(query)}, got "
             f"{_shape(query_pos)}"
         )
-    if spatial_shapes.shape != (num_levels, 2) or spatial_shapes.dtype != torch.int64:
+    if spatial_shapes.shape != (num_levels, 2):
         raise ValueError(
-            f"{module_name}: spatial_shapes must be a ({num_levels}, 2) int64 tensor of (H, W), "
-            f"got shape {_shape(spatial_shapes)} and dtype {spatial_shapes.dtype}"
-        )
-    if level_start_index.shape != (num_levels,) or level_start_index.dtype != torch.int64:
-        raise ValueError(
-            f"{module_name}: level_start_index must be a ({num_levels},) int64 tensor, got shape "
-            f"{_shape(level_start_index)} and dtype {level_start_index.dtype}"
+            f"{module_name}: spatial_shapes must be ({num_levels}, 2), the (H, W) of each level, "
+            f"got shape {_shape(spatial_shapes)}"
         )
     if (
         reference_points.dim() != 4
@@ -74,7 +73,6 @@ def check_deformable_attention_inputs(
         "value": value,
         "reference_points": reference_points,
         "spatial_shapes": spatial_shapes,
-        "level_start_index": level_start_index,
         "key_padding_mask": key_padding_mask,
         "query_pos": query_pos,
     }
@@ -82,18 +80,6 @@ def check_deformable_attention_inputs(
         if t is not None and t.device != query.device:
             raise ValueError(
                 f"{module_name}: {name} is on {t.device} but query is on {query.device}"
-            )
-    # data-dependent check: it reads spatial_shapes on the host, so it runs for CPU tensors only
-    # (on a GPU it would synchronise every attention call; the kernels never read outside value)
-    # and not while tracing or compiling (torch.export too), so graphs stay static
-    if spatial_shapes.device.type == "cpu" and not (
-        torch.jit.is_tracing() or torch.compiler.is_compiling()
-    ):
-        total = int(spatial_shapes.prod(1).sum())
-        if total != s:
-            raise ValueError(
-                f"{module_name}: value has S={s} tokens but spatial_shapes "
-                f"{spatial_shapes.tolist()} sum to {total}"
             )
 
 

@@ -106,7 +106,6 @@ class KeyAwareDeformableAttention(nn.Module):
             value,
             reference_points,
             spatial_shapes,
-            level_start_index,
             key_padding_mask,
             query_pos,
         )

@@ -133,7 +133,6 @@ class MultiScaleDeformableAttention(nn.Module):
             value,
             reference_points,
             spatial_shapes,
-            level_start_index,
             key_padding_mask,
             query_pos,
         )

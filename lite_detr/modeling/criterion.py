@@ -6,9 +6,9 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torchvision.ops import sigmoid_focal_loss
 
-from .box_ops import box_cxcywh_to_xyxy
+from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou_loss
 
 __all__ = ["SetCriterion", "dn_match_indices"]
 
@@ -99,9 +99,7 @@ class SetCriterion(nn.Module):
         src = outputs["pred_boxes"][batch_idx, src_idx].float()  # (M, 4); M = 0 keeps the graph
         tgt = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).to(src)
         loss_bbox = torch.nn.functional.l1_loss(src, tgt, reduction="sum")
-        loss_giou = generalized_box_iou_loss(
-            box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt), reduction="sum"
-        )
+        loss_giou = generalized_box_iou_loss(box_cxcywh_to_xyxy(src), box_cxcywh_to_xyxy(tgt))
         return {"loss_bbox": loss_bbox / num_boxes, "loss_giou": loss_giou / num_boxes}
 
     def get_losses(self, outputs, targets, indices, num_boxes) -> Dict[str, Tensor]:
@@ -115,11 +113,13 @@ class SetCriterion(nn.Module):
 
     def num_boxes(self, targets: Sequence[Dict[str, Tensor]], device) -> float:
         """Average number of target boxes per worker (all-reduced), at least 1."""
-        num = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))], device=device)
+        num = float(sum(len(t["labels"]) for t in targets))
         world_size = comm.get_world_size()
-        if world_size > 1:
-            dist.all_reduce(num)
-        return max(num.item() / world_size, 1.0)
+        if world_size > 1:  # the all-reduce needs a device tensor and reads it back: one sync
+            total = torch.as_tensor([num], device=device)
+            dist.all_reduce(total)
+            num = total.item()
+        return max(num / world_size, 1.0)
 
     def forward(
         self,

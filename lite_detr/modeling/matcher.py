@@ -98,9 +98,7 @@ class HungarianMatcher(nn.Module):
                 indices.append((empty, empty))
                 continue
             cost = self.cost_matrix(logits[i], boxes[i], tgt["labels"], tgt["boxes"])
-            if not torch.isfinite(cost).all():
-                raise FloatingPointError("HungarianMatcher: the matching cost has NaN/inf entries")
-            row, col = linear_sum_assignment(cost.cpu().numpy())
+            row, col = _assign(cost)
             indices.append(
                 (torch.as_tensor(row, dtype=torch.int64), torch.as_tensor(col, dtype=torch.int64))
             )
@@ -112,3 +110,13 @@ class HungarianMatcher(nn.Module):
             f"cost_giou={self.cost_giou}, "
             f"alpha={self.alpha}, gamma={self.gamma}"
         )
+
+
+def _assign(cost: Tensor):
+    """The optimal assignment of a (Q, T) cost matrix, solved by scipy on the host: the one copy
+    of device data to the host in a training step (checked there, not on the device, where a
+    check would be a second synchronisation)."""
+    cost = cost.cpu()
+    if not torch.isfinite(cost).all():
+        raise FloatingPointError("HungarianMatcher: the matching cost has NaN/inf entries")
+    return linear_sum_assignment(cost.numpy())

@@ -1,4 +1,5 @@
-"""Multi-scale deformable attention ops: input checks, dispatch to ``lite_detr._C``, autograd.
+"""Multi-scale deformable attention ops: dispatch to ``lite_detr._C`` (whose C++ entry points check
+the inputs), autograd.
 
 The compiled ops live in the ``lite_detr`` torch.library namespace (schemas in
 ``ops/ms_deform_attn.cpp``). This module registers their fake kernels and autograd formulas so
@@ -117,123 +118,41 @@ def _warn_fallback(device_type: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Input checks shared by both public functions
+# What the C++ boundary cannot see
 # ---------------------------------------------------------------------------------------------
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+def _prepare_inputs(op: str, names: Tuple[str, ...], *tensors):
+    """The only Python-side handling of the inputs; the C++ entry points (``check_inputs`` in
+    ``ops/ms_deform_attn.cpp``) check everything else, once, for every caller (the raw ops,
+    ``torch.compile`` and ``torch.export`` graphs included), and the references guard themselves.
+    Three things never reach C++ as such:
 
-def _check_tensor(name: str, t, shape, ref: torch.Tensor, dtype=None) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != len(shape):
-        raise ValueError(f"{name} must have {len(shape)} dims {shape}, got shape {tuple(t.shape)}")
-    for axis, (dim_name, size) in enumerate(zip(shape, t.shape)):
-        if isinstance(dim_name, int) and size != dim_name:
-            raise ValueError(
-                f"{name} must have size {dim_name} at dim {axis}, got {tuple(t.shape)}"
-            )
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if ref is not None and t.device != ref.device:
-        raise ValueError(f"{name} is on {t.device} but value is on {ref.device}")
+    * a non-tensor argument: this function reads ``.device`` / ``.contiguous()`` first;
+    * a device that autocast does not know (``meta``): the op would dispatch to its fake kernel
+      and return empty tensors, so the error names the input here;
+    * ``torch.autocast``: the ops compute in float32 under it, whatever dtypes autocast gave
+      their inputs (e.g. float16 values from a linear layer beside float32 sampling locations):
+      normalised locations need float32's precision (a float16 location is off by up to 0.3 px
+      on a 160-px map), and the op is cheap next to the layers around it. Outside autocast,
+      inputs keep their dtype and must agree.
 
-
-def _check_dims(name: str, t: torch.Tensor, dims: dict, names: Tuple[str, ...]) -> None:
-    """Check that the named dims of ``t`` agree with the sizes already recorded in ``dims``."""
-    for axis, dim_name in enumerate(names):
-        if dim_name is None:
-            continue
-        size = t.shape[axis]
-        if dim_name in dims and dims[dim_name][0] != size:
-            other, other_axis = dims[dim_name][1]
-            raise ValueError(
-                f"{name} has {dim_name}={size} at dim {axis} but {other} has {dim_name}="
-                f"{dims[dim_name][0]} at dim {other_axis} ({name} shape {tuple(t.shape)})"
-            )
-        dims.setdefault(dim_name, (size, (name, axis)))
-
-
-def _check_inputs(
-    value: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
-    sampling_locations: torch.Tensor,
-    attention_weights: torch.Tensor | None = None,
-    query: torch.Tensor | None = None,
-    key: torch.Tensor | None = None,
-) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"value must be a torch.Tensor, got {type(value).__name__}")
-    if value.dim() != 4:
-        raise ValueError(f"value must be (N, S, M, D), got shape {tuple(value.shape)}")
-    if value.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"value must be float16/bfloat16/float32/float64, got {value.dtype}")
-    dims: dict = {}
-    _check_dims("value", value, dims, ("N", "S", "M", "D"))
-    floats = [("sampling_locations", sampling_locations, ("N", "Lq", "M", "L", "P", 2))]
-    if attention_weights is not None:
-        floats.append(("attention_weights", attention_weights, ("N", "Lq", "M", "L", "P")))
-    if query is not None:
-        floats.insert(0, ("query", query, ("N", "Lq", "M", "D")))
-    if key is not None:
-        floats.insert(0, ("key", key, ("N", "S", "M", "D")))
-    for name, t, shape in floats:
-        _check_tensor(name, t, shape, value, value.dtype)
-        _check_dims(name, t, dims, tuple(s if isinstance(s, str) else None for s in shape))
-    _check_tensor("spatial_shapes", spatial_shapes, ("L", 2), value, torch.int64)
-    _check_dims("spatial_shapes", spatial_shapes, dims, ("L", None))
-    _check_tensor("level_start_index", level_start_index, ("L",), value, torch.int64)
-    _check_dims("level_start_index", level_start_index, dims, ("L",))
-    if dims["L"][0] == 0:
-        raise ValueError("spatial_shapes must hold at least one level, got shape (0, 2)")
-
-    if torch.compiler.is_compiling() or spatial_shapes.device.type != "cpu":
-        # The value checks below read the level tensors on the host. On CUDA that would
-        # synchronise with the GPU on every call, so they are left to the kernels, which never
-        # read outside value (a level that does not fit samples nothing); the C++ CPU entry
-        # points check them again on every path, compiled ones included.
-        return
-    shapes = spatial_shapes.tolist()
-    if any(h <= 0 or w <= 0 for h, w in shapes):
-        raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
-    areas = [h * w for h, w in shapes]
-    if sum(areas) != value.shape[1]:
-        raise ValueError(
-            f"sum of H*W over spatial_shapes {shapes} is {sum(areas)} but value has "
-            f"S={value.shape[1]} tokens (value shape {tuple(value.shape)})"
-        )
-    starts = [sum(areas[:i]) for i in range(len(areas))]
-    if level_start_index.tolist() != starts:
-        raise ValueError(
-            f"level_start_index {level_start_index.tolist()} is inconsistent with spatial_shapes "
-            f"{shapes}: expected {starts}"
-        )
-
-
-def _float32_under_autocast(op: str, names: Tuple[str, ...], *tensors):
-    """Under ``torch.autocast`` the ops run in float32, whatever the dtypes autocast gave their
-    inputs (e.g. float16 values from a linear layer beside float32 sampling locations): normalised
-    locations need float32's precision (a float16 location is off by up to 0.3 px on a 160-px
-    map), and the op is cheap next to the layers around it. Outside autocast, inputs keep their
-    dtype and must agree. ``names`` name ``tensors`` in the error for a device that autocast does
-    not know (``meta``), the first thing these ops ask of a device."""
-    ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
-    if ref is None:
-        return tensors
+    ``names`` name ``tensors``; a None (the key-aware op's ``key``) passes through.
+    """
+    for name, t in zip(names, tensors):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    ref_name, ref = names[0], tensors[0]
     try:
         autocast = torch.is_autocast_enabled(ref.device.type)
     except RuntimeError as e:  # "unknown device type for autocast"
-        name = names[tensors.index(ref)]
         raise ValueError(
-            f"{op}: {name} is on device '{ref.device}', on which it cannot run: pass CPU or CUDA "
-            "tensors (meta tensors have no data to sample)"
+            f"{op}: {ref_name} is on device '{ref.device}', on which it cannot run: pass CPU or "
+            "CUDA tensors (meta tensors have no data to sample)"
         ) from e
     if not autocast:
         return tensors
-    return tuple(
-        t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors
-    )
+    return tuple(t.float() if t is not None and t.is_floating_point() else t for t in tensors)
 
 
 def _use_compiled(device_type: str) -> bool:
@@ -275,14 +194,23 @@ def ms_deform_attn(
     Returns:
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
-    value, sampling_locations, attention_weights = _float32_under_autocast(
-        "ms_deform_attn",
-        ("value", "sampling_locations", "attention_weights"),
-        value,
-        sampling_locations,
-        attention_weights,
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = (
+        _prepare_inputs(
+            "ms_deform_attn",
+            (
+                "value",
+                "spatial_shapes",
+                "level_start_index",
+                "sampling_locations",
+                "attention_weights",
+            ),
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+        )
     )
-    _check_inputs(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if not _use_compiled(value.device.type):
         return ms_deform_attn_reference(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
@@ -325,16 +253,15 @@ def ms_deform_attn_key_aware(
     Returns:
         Tensor: (N, Lq, M * D), same dtype as ``value``.
     """
-    query, value, sampling_locations, key = _float32_under_autocast(
+    query, value, spatial_shapes, level_start_index, sampling_locations, key = _prepare_inputs(
         "ms_deform_attn_key_aware",
-        ("query", "value", "sampling_locations", "key"),
+        ("query", "value", "spatial_shapes", "level_start_index", "sampling_locations", "key"),
         query,
         value,
+        spatial_shapes,
+        level_start_index,
         sampling_locations,
         key,
-    )
-    _check_inputs(
-        value, spatial_shapes, level_start_index, sampling_locations, query=query, key=key
     )
     if not _use_compiled(value.device.type):
         return ms_deform_attn_key_aware_reference(

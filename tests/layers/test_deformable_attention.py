@@ -216,25 +216,51 @@ def test_bad_constructor_arguments(cls):
 
 @pytest.mark.parametrize("cls", ATTENTIONS)
 @pytest.mark.parametrize(
-    "change, match",
+    "change, exc, match",
     [
-        (lambda x: x.update(query=x["query"][..., :16]), "query must be"),
-        (lambda x: x.update(value=x["value"][:1]), "value must be"),
-        (lambda x: x.update(value=x["value"][:, :-1]), "sum to"),
-        (lambda x: x.update(spatial_shapes=x["spatial_shapes"].int()), "spatial_shapes"),
-        (lambda x: x.update(spatial_shapes=x["spatial_shapes"][:2]), "spatial_shapes"),
-        (lambda x: x.update(level_start_index=x["level_start_index"].float()), "level_start"),
-        (lambda x: x.update(reference_points=x["reference_points"][..., :1]), "reference_points"),
-        (lambda x: x.update(reference_points=x["reference_points"][:, :, :2]), "reference_points"),
-        (lambda x: x.update(query_pos=x["query_pos"][:, :2]), "query_pos"),
-        (lambda x: x.update(key_padding_mask=torch.zeros(2, 77)), "key_padding_mask"),
+        (lambda x: x.update(query=x["query"][..., :16]), ValueError, "query must be"),
+        (lambda x: x.update(value=x["value"][:1]), ValueError, "value must be"),
+        # the level tensors' dtype and values: the op's C++ boundary
+        (
+            lambda x: x.update(value=x["value"][:, :-1]),
+            ValueError,
+            r"sum of H\*W over spatial_shapes \[\[6, 8\], \[3, 4\], \[2, 2\]\] is 64 but value has "
+            "S=63",
+        ),
+        (
+            lambda x: x.update(spatial_shapes=x["spatial_shapes"].int()),
+            TypeError,
+            "spatial_shapes must have dtype torch.int64",
+        ),
+        (lambda x: x.update(spatial_shapes=x["spatial_shapes"][:2]), ValueError, "spatial_shapes"),
+        (
+            lambda x: x.update(level_start_index=x["level_start_index"].float()),
+            TypeError,
+            "level_start_index must have dtype torch.int64",
+        ),
+        (
+            lambda x: x.update(reference_points=x["reference_points"][..., :1]),
+            ValueError,
+            "reference_points",
+        ),
+        (
+            lambda x: x.update(reference_points=x["reference_points"][:, :, :2]),
+            ValueError,
+            "reference_points",
+        ),
+        (lambda x: x.update(query_pos=x["query_pos"][:, :2]), ValueError, "query_pos"),
+        (
+            lambda x: x.update(key_padding_mask=torch.zeros(2, 77)),
+            ValueError,
+            "key_padding_mask",
+        ),
     ],
 )
-def test_bad_inputs_raise_clear_errors(cls, change, match):
+def test_bad_inputs_raise_clear_errors(cls, change, exc, match):
     attn = cls(embed_dim=32, num_heads=4, num_levels=3)
     inputs = _inputs()
     change(inputs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(exc, match=match):
         attn(**inputs)
 
 

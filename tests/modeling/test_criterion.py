@@ -94,3 +94,28 @@ def test_weight_dict_validation():
         SetCriterion(K, HungarianMatcher(), {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
     with pytest.raises(ValueError, match="missing"):
         SetCriterion(K, HungarianMatcher(), {"loss_class": 1.0})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_giou_loss_is_torchvisions_without_masks(dtype):
+    """The box loss's GIoU term: torchvision's value and gradients, bit for bit, for overlapping,
+    touching and disjoint pairs (it clamps where torchvision masks: no data-dependent shape)."""
+    import torchvision
+
+    from lite_detr.modeling.box_ops import generalized_box_iou_loss
+
+    g = torch.Generator().manual_seed(0)
+    xy1, xy2 = torch.rand(2, 300, 2, generator=g, dtype=dtype)
+    wh1, wh2 = torch.rand(2, 300, 2, generator=g, dtype=dtype) * 0.4
+    wh2[:10] = 0.0  # degenerate boxes
+    b1 = torch.cat((xy1, xy1 + wh1), 1).requires_grad_()
+    b2 = torch.cat((xy2, xy2 + wh2), 1)
+    b2[10:20] = b1[10:20].detach()  # identical pairs
+    b2[20, :2], b2[20, 2:] = b1[20, 2:].detach(), b1[20, 2:].detach() + 0.1  # touching corner
+    b2.requires_grad_()
+    ours = generalized_box_iou_loss(b1, b2)
+    ref = torchvision.ops.generalized_box_iou_loss(b1, b2, reduction="sum")
+    assert torch.equal(ours, ref)
+    for a, b in zip(torch.autograd.grad(ours, (b1, b2)), torch.autograd.grad(ref, (b1, b2))):
+        assert torch.equal(a, b)
+    assert generalized_box_iou_loss(torch.zeros(0, 4), torch.zeros(0, 4)).item() == 0.0

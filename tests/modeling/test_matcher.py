@@ -97,3 +97,8 @@ def test_matcher_errors():
         HungarianMatcher()(
             {"pred_logits": torch.randn(2, 5, 3), "pred_boxes": torch.rand(2, 5, 4)}, []
         )
+    boxes = torch.rand(1, 5, 4)
+    boxes[0, 2, 0] = float("nan")
+    targets = [{"labels": torch.tensor([1]), "boxes": torch.rand(1, 4)}]
+    with pytest.raises(FloatingPointError, match="NaN/inf"):
+        HungarianMatcher()({"pred_logits": torch.randn(1, 5, 3), "pred_boxes": boxes}, targets)

@@ -561,6 +561,24 @@ def test_bad_inputs(name, mutate, exc, match):
             ms_deform_attn_key_aware(args["query"], *(args[k] for k in standard), key=args["key"])
 
 
+@pytest.mark.parametrize("name,mutate,exc,match", _bad_cases(), ids=lambda c: str(c)[:20])
+def test_references_guard_their_inputs(name, mutate, exc, match):
+    """The references (run without lite_detr._C, or without kernels for the device) refuse the
+    same inputs as the compiled ops' C++ boundary, with the same messages."""
+    inp = make_inputs(D=4)
+    args = dict(vars(inp))
+    mutate(args)
+    standard = ("value", "spatial_shapes", "level_start_index", "sampling_locations")
+    if not name.startswith(("query", "key")) and name != "not a tensor":
+        with pytest.raises(exc, match=match):
+            ms_deform_attn_reference(*(args[k] for k in standard), args["attention_weights"])
+    if name != "weights points":
+        with pytest.raises(exc, match=match):
+            ms_deform_attn_key_aware_reference(
+                args["query"], *(args[k] for k in standard), key=args["key"]
+            )
+
+
 @needs_cuda
 def test_device_mismatch_message():
     inp = make_inputs()
@@ -588,20 +606,20 @@ def test_compiled_op_checks_its_inputs():
         op(*args)
     args = list(inp.standard())
     args[2] = torch.tensor([0, 19])
-    with pytest.raises(RuntimeError, match=r"level_start_index\[1\] is 19 but spatial_shapes"):
+    with pytest.raises(ValueError, match=r"level_start_index \[0, 19\] is inconsistent with"):
         op(*args)
     args = list(inp.standard())
     args[4] = inp.attention_weights.float()
-    with pytest.raises(RuntimeError, match="attention_weights must have value's dtype Double"):
+    with pytest.raises(TypeError, match="attention_weights must have dtype torch.float64"):
         op(*args)
     ka = torch.ops.lite_detr.ms_deform_attn_key_aware
-    with pytest.raises(RuntimeError, match=r"key must be \(N, S, M, D\) like value"):
+    with pytest.raises(ValueError, match="key has S=3 at dim 1 but value has S=26"):
         ka(inp.query, inp.value, inp.key[:, :3], *inp.standard()[1:4])
     out, attn = ka(inp.query, inp.value, None, *inp.standard()[1:4])
     back = torch.ops.lite_detr.ms_deform_attn_key_aware_backward
     with pytest.raises(RuntimeError, match=r"attn must be the contiguous \(N, Lq, M, L\*P\)"):
         back(out, inp.query, inp.value, None, *inp.standard()[1:4], attn[..., :1].contiguous())
-    with pytest.raises(RuntimeError, match=r"grad_output must be \(N, Lq, M \* D\)"):
+    with pytest.raises(ValueError, match=r"grad_output must be \(N, Lq, M \* D\)"):
         back(out[:, :1], inp.query, inp.value, None, *inp.standard()[1:4], attn)
 
 
@@ -635,7 +653,7 @@ def call_raw_op(op, inp, shapes, starts, backward):
 )
 def test_raw_ops_survive_hostile_levels(levels, loc, op, backward):
     """The raw ops (no Python checks) with any int64 shapes and offsets, including products that
-    overflow int64: either a clear RuntimeError or, when the levels are consistent, an output;
+    overflow int64: either a clear ValueError or, when the levels are consistent, an output;
     never a crash (a crash fails the whole test run)."""
     L = len(levels)
     inp = make_inputs(shapes=((4, 5),) * L, D=3, dtype=torch.float32)
@@ -644,7 +662,7 @@ def test_raw_ops_survive_hostile_levels(levels, loc, op, backward):
     starts = torch.tensor([s for _, _, s in levels], dtype=torch.int64)
     try:
         out = call_raw_op(op, inp, shapes, starts, backward)
-    except RuntimeError as e:
+    except ValueError as e:
         assert "lite_detr::ms_deform_attn" in str(e)
     else:
         assert int((shapes[:, 0] * shapes[:, 1]).sum()) == inp.value.shape[1]
@@ -657,14 +675,19 @@ def test_overflowing_level_sizes_are_refused_on_every_path():
     inp = make_inputs(shapes=((4, 5), (3, 4)), D=3, dtype=torch.float32)
     shapes = torch.tensor([[4, 5], [2**32, 2**32]])
     starts = torch.tensor([0, 20])
-    with pytest.raises(RuntimeError, match=r"level 1 of spatial_shapes, \(H, W\) = \(4294967296"):
+    message = r"spatial_shapes \[\[4, 5\], \[4294967296, 4294967296\]\] is more than the S=32"
+    with pytest.raises(ValueError, match=message):
         call_raw_op("standard", inp, shapes, starts, backward=False)
-    with pytest.raises(ValueError, match="sum of H\\*W over spatial_shapes"):
+    with pytest.raises(ValueError, match=message):
         ms_deform_attn(inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights)
-    # compiled, the Python value checks are traced away: the C++ check still refuses
+    # compiled, the same C++ check refuses them
     compiled = torch.compile(ms_deform_attn, backend="aot_eager", fullgraph=True)
-    with pytest.raises(RuntimeError, match="does not fit in the S = 32 tokens of value"):
+    with pytest.raises(ValueError, match=message):
         compiled(inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights)
+    with pytest.raises(ValueError, match=message):
+        ms_deform_attn_reference(
+            inp.value, shapes, starts, inp.sampling_locations, inp.attention_weights
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,16 +55,17 @@ def check_encoder_inputs(
     num_levels: int,
     query: torch.Tensor,
     query_pos: torch.Tensor,
-    spatial_shapes: torch.Tensor,
-    level_start_index: torch.Tensor,
     valid_ratios: torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
     shapes: Sequence[Tuple[int, int]],
 ) -> None:
     """
-    Raise ValueError naming the offending encoder input; shapes as in
-    :meth:`DeformableEncoder.forward`, ``shapes`` the (H_l, W_l) pairs of ``spatial_shapes``.
-    The attention modules check the rest.
+    Raise ValueError naming the offending encoder input, for what the encoder itself uses before
+    its layers: ``query`` and ``query_pos``, which it slices (checked against each other, so
+    ``query``'s channels first); the level sizes ``shapes`` (the (H_l, W_l) pairs of
+    ``spatial_shapes``, host ints) against the S tokens of ``query``, from which it builds the
+    reference points and splits F_L / F_H; ``valid_ratios``, which only it reads. The layers'
+    attention modules check the key padding mask, and the op the level tensors (dtype, values,
+    ``level_start_index``). Shapes as in :meth:`DeformableEncoder.forward`.
     """
     if query.dim() != 3 or query.shape[-1] != embed_dim:
         raise ValueError(
@@ -75,16 +76,6 @@ def check_encoder_inputs(
         raise ValueError(
             f"{encoder_name}: query_pos must have the shape of query {tuple(query.shape)}, "
             f"got {got}"
-        )
-    if spatial_shapes.shape != (num_levels, 2) or spatial_shapes.dtype != torch.int64:
-        raise ValueError(
-            f"{encoder_name}: spatial_shapes must be a ({num_levels}, 2) int64 tensor, got shape "
-            f"{tuple(spatial_shapes.shape)} and dtype {spatial_shapes.dtype}"
-        )
-    if level_start_index.shape != (num_levels,) or level_start_index.dtype != torch.int64:
-        raise ValueError(
-            f"{encoder_name}: level_start_index must be a ({num_levels},) int64 tensor, got shape "
-            f"{tuple(level_start_index.shape)} and dtype {level_start_index.dtype}"
         )
     n = query.shape[0]
     if valid_ratios.shape != (n, num_levels, 2) or not valid_ratios.is_floating_point():
@@ -97,13 +88,6 @@ def check_encoder_inputs(
         raise ValueError(
             f"{encoder_name}: query has S={query.shape[1]} tokens but spatial_shapes "
             f"{[list(s) for s in shapes]} sum to {total}"
-        )
-    if key_padding_mask is not None and (
-        key_padding_mask.shape != query.shape[:2] or key_padding_mask.dtype != torch.bool
-    ):
-        raise ValueError(
-            f"{encoder_name}: key_padding_mask must be a {tuple(query.shape[:2])} bool tensor, "
-            f"got shape {tuple(key_padding_mask.shape)} and dtype {key_padding_mask.dtype}"
         )
 
 

@@ -156,10 +156,7 @@ class InterleavedEncoder(nn.Module):
             self.num_levels,
             query,
             query_pos,
-            spatial_shapes,
-            level_start_index,
             valid_ratios,
-            key_padding_mask,
             spatial_sizes,
         )
         reference_points = get_reference_points(spatial_sizes, valid_ratios)

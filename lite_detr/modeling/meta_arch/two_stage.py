@@ -527,15 +527,18 @@ class TwoStageDeformableDETR(nn.Module):
                     f"{type(self).__name__}: training needs batched_inputs[{i}]['instances'] "
                     "with gt_boxes and gt_classes"
                 )
+            # checked as given, before the copy to the device: data loaders give CPU instances,
+            # so the check reads no device memory (on the device it would synchronise each step)
+            classes = x["instances"].gt_classes
+            if len(classes) and (classes.min() < 0 or classes.max() >= self.num_classes):
+                raise ValueError(
+                    f"{type(self).__name__}: gt_classes of image {i} must be in "
+                    f"[0, {self.num_classes}), got values {classes.unique().tolist()}"
+                )
             inst = x["instances"].to(self.device)
             h, w = images.image_sizes[i]
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
             labels = inst.gt_classes.to(torch.int64)
-            if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(
-                    f"{type(self).__name__}: gt_classes of image {i} must be in "
-                    f"[0, {self.num_classes}), got values {labels.unique().tolist()}"
-                )
             boxes = box_xyxy_to_cxcywh(inst.gt_boxes.tensor.float() / scale)
             targets.append({"labels": labels, "boxes": boxes})
         return targets

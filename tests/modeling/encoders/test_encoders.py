@@ -243,26 +243,36 @@ def test_deformable_bad_arguments():
 
 
 @pytest.mark.parametrize(
-    "change, match",
+    "change, exc, match",
     [
-        (lambda x: x.update(query=x["query"][..., :16]), "query must be"),
-        (lambda x: x.update(query_pos=x["query_pos"][:, 1:]), "query_pos"),
-        (lambda x: x.update(spatial_shapes=x["spatial_shapes"][:3]), "spatial_shapes"),
-        (lambda x: x.update(level_start_index=x["level_start_index"].int()), "level_start_index"),
-        (lambda x: x.update(valid_ratios=x["valid_ratios"][:, :3]), "valid_ratios"),
-        (lambda x: x.update(key_padding_mask=x["key_padding_mask"].float()), "key_padding_mask"),
+        (lambda x: x.update(query=x["query"][..., :16]), ValueError, "query must be"),
+        (lambda x: x.update(query_pos=x["query_pos"][:, 1:]), ValueError, "query_pos"),
+        (lambda x: x.update(spatial_shapes=x["spatial_shapes"][:3]), ValueError, "spatial_shapes"),
+        # the level tensors' dtype: the op's C++ boundary
+        (
+            lambda x: x.update(level_start_index=x["level_start_index"].int()),
+            TypeError,
+            "level_start_index must have dtype torch.int64",
+        ),
+        (lambda x: x.update(valid_ratios=x["valid_ratios"][:, :3]), ValueError, "valid_ratios"),
+        (
+            lambda x: x.update(key_padding_mask=x["key_padding_mask"].float()),
+            ValueError,
+            "key_padding_mask",
+        ),
         (
             lambda x: x.update(
                 query=x["query"][:, 1:], query_pos=x["query_pos"][:, 1:], key_padding_mask=None
             ),
+            ValueError,
             "sum to",
         ),
     ],
 )
 @pytest.mark.parametrize("cls", [DeformableEncoder, InterleavedEncoder])
-def test_encoder_bad_inputs(cls, change, match):
+def test_encoder_bad_inputs(cls, change, exc, match):
     encoder = cls(**SMALL)
     inputs = _inputs()
     change(inputs)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(exc, match=match):
         encoder(**inputs)

@@ -20,12 +20,16 @@ last bit, by how many of eager fp32's detections it reproduces with the same lab
 at least 0.9 and a score within 0.05 (one-to-one), and its largest score difference over those.
 
 ``--rtdetr`` adds RT-DETR R50 (the R50-vd configuration of Hugging Face ``transformers``'
-``RTDetrForObjectDetection``, random weights; needs ``pip install transformers``) to the rounds,
-eager fp32, as the yardstick of a detector that practitioners deploy on CPUs; its own fastest
-path (its ONNX export) is not timed here.
+``RTDetrForObjectDetection``, random weights; needs ``pip install transformers``), the yardstick
+of a detector that practitioners deploy on CPUs, to the rounds: eager fp32, eager bf16
+(``torch.autocast``) and ONNX Runtime of its ``torch.onnx.export`` at each size (a fixed-size
+export, as RT-DETR is deployed; a failed export leaves one line instead of the row); the script
+ends with the fastest path of each detector and their ratio. Then, unless ``--ap-weights ''``,
+bf16's COCO AP against fp32's on the demo's val set (``bench_precision.py``; the demo's model from
+``make demo``, else one line saying so).
 
-    python benchmarks/bench_export.py                    # ~30-40 min on 2 cores (compile: most)
-    python benchmarks/bench_export.py --runs 3 --no-compile --size 640 640
+    python benchmarks/bench_export.py --rtdetr           # the issue-29 table: ~12 min idle, 2 cores
+    python benchmarks/bench_export.py --runs 3 --no-compile --size 640 640 --ap-weights ''
 """
 
 import argparse

@@ -331,10 +331,12 @@ def main(argv=None):
                 f"{h}x{w}: Lite-DINO {lite[1]} {lite[0] * 1000:.0f} ms, RT-DETR {rt[1][12:]} "
                 f"{rt[0] * 1000:.0f} ms: Lite-DINO / RT-DETR = {lite[0] / rt[0]:.2f}"
             )
-    if args.ap_weights:
-        print()
+    if args.ap_weights and not bf16:
+        print("\nno bfloat16 instructions: no bf16 AP")
+    elif args.ap_weights:
+        print(f"\nbf16 vs fp32 AP ({os.path.basename(__file__)} --ap-weights):")
         cfg = demo_config(args.ap_weights, None, [])
-        if cfg is not None and bf16:
+        if cfg is not None:
             print("\n".join(compare_precisions(cfg, args.ap_weights)))
 
 

@@ -20,12 +20,16 @@ last bit, by how many of eager fp32's detections it reproduces with the same lab
 at least 0.9 and a score within 0.05 (one-to-one), and its largest score difference over those.
 
 ``--rtdetr`` adds RT-DETR R50 (the R50-vd configuration of Hugging Face ``transformers``'
-``RTDetrForObjectDetection``, random weights; needs ``pip install transformers``) to the rounds,
-eager fp32, as the yardstick of a detector that practitioners deploy on CPUs; its own fastest
-path (its ONNX export) is not timed here.
+``RTDetrForObjectDetection``, random weights; needs ``pip install transformers``), the yardstick
+of a detector that practitioners deploy on CPUs, to the rounds: eager fp32, eager bf16
+(``torch.autocast``) and ONNX Runtime of its ``torch.onnx.export`` at each size (a fixed-size
+export, as RT-DETR is deployed; a failed export leaves one line instead of the row); the script
+ends with the fastest path of each detector and their ratio. Then, unless ``--ap-weights ''``,
+bf16's COCO AP against fp32's on the demo's val set (``bench_precision.py``; the demo's model from
+``make demo``, else one line saying so).
 
-    python benchmarks/bench_export.py                    # ~30-40 min on 2 cores (compile: most)
-    python benchmarks/bench_export.py --runs 3 --no-compile --size 640 640
+    python benchmarks/bench_export.py --rtdetr           # the issue-29 table: ~12 min idle, 2 cores
+    python benchmarks/bench_export.py --runs 3 --no-compile --size 640 640 --ap-weights ''
 """
 
 import argparse
@@ -38,7 +42,6 @@ import time
 
 import torch
 from detectron2.config import instantiate
-from detectron2.structures import Boxes, pairwise_iou
 
 from lite_detr.config import load_config
 from lite_detr.export import (
@@ -53,6 +56,10 @@ from lite_detr.export import (
     write_optimized_onnx,
 )
 from lite_detr.precision import BF16_CPU_FLAGS, bf16_inference, cpu_bf16_support, cpu_flags
+
+# isort: split
+# the sibling script (this folder is on sys.path when a script here runs)
+from bench_precision import DEMO_WEIGHTS, compare_precisions, demo_config, match_detections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,34 +87,24 @@ def cpu_description() -> str:
 
 
 def bf16_agreement(expected, actual, iou: float = 0.9, score: float = 0.05) -> str:
-    """How many of ``expected``'s detections (boxes, scores, labels) ``actual`` reproduces:
-    same label, box IoU >= ``iou``, score within ``score``, each paired once (greedy, by
-    descending score)."""
-    boxes, scores, labels = (torch.as_tensor(t) for t in expected)
-    o_boxes, o_scores, o_labels = (torch.as_tensor(t) for t in actual)
-    ious = pairwise_iou(Boxes(boxes.float()), Boxes(o_boxes.float()))
-    ok = (labels[:, None] == o_labels[None].to(labels.dtype)) & (ious >= iou)
-    ok &= (scores[:, None] - o_scores[None]).abs() <= score
-    free = torch.ones(len(o_scores), dtype=torch.bool)
-    matched, worst = 0, 0.0
-    for i in scores.argsort(descending=True).tolist():
-        candidates = (ok[i] & free).nonzero().flatten()
-        if len(candidates):
-            j = candidates[(o_scores[candidates] - scores[i]).abs().argmin()]
-            free[j] = False
-            matched += 1
-            worst = max(worst, float((o_scores[j] - scores[i]).abs()))
-    top = min(100, len(scores))
+    """How many of ``expected``'s detections (boxes, scores, labels) ``actual`` reproduces
+    (``bench_precision.match_detections``: same label, box IoU >= ``iou``, score within
+    ``score``, one-to-one), and how many of the top 100 labels are equal in order."""
+    matched, worst = match_detections(expected, actual, iou, score)
+    labels, o_labels = torch.as_tensor(expected[2]), torch.as_tensor(actual[2])
+    top = min(100, len(labels))
     same_top = int((labels[:top] == o_labels[:top].to(labels.dtype)).sum())
     return (
-        f"{matched}/{len(scores)} detections reproduced (same label, IoU >= {iou}, score within "
-        f"{score}; max score diff {worst:.3f}); top-{top} labels equal in order: {same_top}/{top}"
+        f"{int(matched.sum())}/{len(matched)} detections reproduced (same label, IoU >= {iou}, "
+        f"score within {score}; max score diff {worst:.3f}); top-{top} labels equal in order: "
+        f"{same_top}/{top}"
     )
 
 
 def time_size(h, w, model, runtimes, ort_selection, args):
     """Time ``runtimes`` (name -> function of the image, "PyTorch eager fp32" first) on one
-    random h x w image, taking turns; print the table and each one's agreement with eager."""
+    random h x w image, taking turns; print the table and each one's agreement with eager;
+    return the median latencies (name -> seconds)."""
     image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 255
     runners = {name: functools.partial(fn, image) for name, fn in runtimes.items()}
     if "torch.compile fp32" in runners:
@@ -144,7 +141,11 @@ def time_size(h, w, model, runtimes, ort_selection, args):
         "torch.compile fp32": lambda: outputs["torch.compile fp32"][3:],
     }
     for name in runners:
-        if name == "PyTorch eager fp32" or name.startswith("RT-DETR"):
+        if name in ("PyTorch eager fp32", "RT-DETR R50 eager fp32"):
+            continue
+        if name.startswith("RT-DETR"):
+            agreement = rtdetr_agreement(outputs["RT-DETR R50 eager fp32"], outputs[name])
+            print(f"{name} vs its eager fp32: {agreement}")
             continue
         if name == "PyTorch eager bf16":
             agreement = bf16_agreement(outputs["PyTorch eager fp32"][:3], outputs[name][:3])
@@ -157,23 +158,92 @@ def time_size(h, w, model, runtimes, ort_selection, args):
             print(f"{name} vs eager: {describe_comparison(diff, model.num_queries, name)}")
         except ExportError as e:
             print(f"{name} vs eager: {e}")
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def rtdetr_r50():
-    """RT-DETR R50 of Hugging Face ``transformers`` (random weights) as a function of one
-    (3, H, W) 0-255 image, zero-padded at the bottom and right to multiples of 32 (its feature
-    pyramid needs them: 800x1333 runs as 800x1344)."""
-    from transformers import RTDetrConfig, RTDetrForObjectDetection
+class RTDETR:
+    """RT-DETR R50 of Hugging Face ``transformers`` (the default ``RTDetrConfig``: ResNet-50-vd,
+    random weights), run on one (3, H, W) 0-255 image zero-padded at the bottom and right to
+    multiples of 32 (its feature pyramid needs them: 800x1333 runs as 800x1344): eager fp32,
+    eager bf16 (``torch.autocast``) and ONNX Runtime fp32 of a ``torch.onnx.export`` per padded
+    size (RT-DETR's deployment exports a fixed size), graph optimisation level "all"."""
 
-    torch.manual_seed(0)
-    model = RTDetrForObjectDetection(RTDetrConfig()).eval()  # the default: ResNet-50-vd
+    def __init__(self, threads: int, folder: str):
+        from transformers import RTDetrConfig, RTDetrForObjectDetection
 
-    def run(image):
+        torch.manual_seed(0)
+        self.model = RTDetrForObjectDetection(RTDetrConfig()).eval()
+        self.threads, self.folder = threads, folder
+
+    @staticmethod
+    def _padded(image):
         h, w = image.shape[-2:]
-        image = torch.nn.functional.pad(image / 255.0, (0, -w % 32, 0, -h % 32))
-        return model(pixel_values=image[None]).logits
+        return torch.nn.functional.pad(image / 255.0, (0, -w % 32, 0, -h % 32))[None]
 
-    return run
+    def eager(self, image):
+        out = self.model(pixel_values=self._padded(image))
+        return out.logits, out.pred_boxes
+
+    def eager_bf16(self, image):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.eager(image)
+
+    def onnx_runtime(self, h: int, w: int):
+        """ONNX Runtime's run of the model exported at h x w (padded), or the one-line reason
+        why the export or its first run failed."""
+        image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+        path = os.path.join(self.folder, f"rtdetr_{h}x{w}.onnx")
+        try:
+            with torch.no_grad():
+                _, secs = _timed(
+                    lambda: torch.onnx.export(
+                        _Outputs(self.model),
+                        (self._padded(image),),
+                        path,
+                        dynamo=False,
+                        opset_version=17,
+                    )
+                )
+            session = onnx_session(path, threads=self.threads, level="all")
+            name = session.get_inputs()[0].name
+
+            def run(image):
+                return session.run(None, {name: self._padded(image).numpy()})
+
+            run(image)
+        except Exception as e:  # the exporters and ONNX Runtime raise many types
+            return f"{type(e).__name__}: {_first_line_of(e)}"
+        print(f"RT-DETR R50 ONNX export at {h}x{w}: {secs:.0f} s")
+        return run
+
+
+class _Outputs(torch.nn.Module):
+    """RT-DETR's class logits and boxes as a tuple (what its ONNX file outputs)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        out = self.model(pixel_values=pixel_values)
+        return out.logits, out.pred_boxes
+
+
+def _first_line_of(e: Exception) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def rtdetr_agreement(expected, actual) -> str:
+    """RT-DETR's runs compared by their sorted per-query best class scores (its detections,
+    query for query, may come in another order where the random weights' proposal scores tie)."""
+    best = [
+        torch.as_tensor(logits).float().sigmoid().amax(-1).flatten().sort().values
+        for logits in (expected[0], actual[0])
+    ]
+    top = min(100, len(best[0]))
+    diff = float((best[0][-top:] - best[1][-top:]).abs().max())
+    return f"top-{top} query scores (sorted) within {diff:.2g} of eager fp32's"
 
 
 def main(argv=None):
@@ -188,6 +258,12 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     parser.add_argument("--onnx", metavar="FILE", help="an exported file (default: export one)")
     parser.add_argument("--rtdetr", action="store_true", help="also RT-DETR R50 (transformers)")
+    parser.add_argument(
+        "--ap-weights",
+        default=DEMO_WEIGHTS,
+        help=f"a trained model for bf16's AP vs fp32's (bench_precision.py; default {DEMO_WEIGHTS},"
+        " written by `make demo`); '' skips it",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides key=value")
     args = parser.parse_args(argv)
     sizes = args.size or [[640, 640], [800, 1333]]
@@ -218,6 +294,9 @@ def main(argv=None):
             optimized, model.num_queries, session.get_session_options()
         )
     compiled = torch.compile(eager) if not args.no_compile else None
+    tmp_rtdetr = tempfile.TemporaryDirectory()  # RT-DETR's ONNX files, removed at exit
+    rtdetr = RTDETR(args.threads, tmp_rtdetr.name) if args.rtdetr else None
+    medians = {}
 
     def eager_bf16(image):
         with bf16_inference(model):
@@ -229,10 +308,36 @@ def main(argv=None):
     runtimes["ONNX Runtime fp32"] = lambda image: session.run(None, {"image": image.numpy()})
     if compiled is not None:
         runtimes["torch.compile fp32"] = compiled
-    if args.rtdetr:
-        runtimes["RT-DETR R50 eager fp32 (transformers)"] = rtdetr_r50()
     for h, w in sizes:
-        time_size(h, w, model, runtimes, ort_selection, args)
+        runtimes_hw = dict(runtimes)
+        if rtdetr is not None:
+            runtimes_hw["RT-DETR R50 eager fp32"] = rtdetr.eager
+            if bf16:
+                runtimes_hw["RT-DETR R50 eager bf16"] = rtdetr.eager_bf16
+            ort_run = rtdetr.onnx_runtime(h, w)
+            if callable(ort_run):
+                runtimes_hw["RT-DETR R50 ONNX Runtime fp32"] = ort_run
+            else:
+                print(
+                    f"RT-DETR R50 ONNX Runtime fp32 at {h}x{w}: no row, export failed ({ort_run})"
+                )
+        medians[(h, w)] = time_size(h, w, model, runtimes_hw, ort_selection, args)
+    if rtdetr is not None:
+        print("\nFastest path of each detector (median latency; the ratio < 1: Lite-DINO faster)")
+        for (h, w), times in medians.items():
+            lite = min((t, n) for n, t in times.items() if not n.startswith("RT-DETR"))
+            rt = min((t, n) for n, t in times.items() if n.startswith("RT-DETR"))
+            print(
+                f"{h}x{w}: Lite-DINO {lite[1]} {lite[0] * 1000:.0f} ms, RT-DETR {rt[1][12:]} "
+                f"{rt[0] * 1000:.0f} ms: Lite-DINO / RT-DETR = {lite[0] / rt[0]:.2f}"
+            )
+    if args.ap_weights and not bf16:
+        print("\nno bfloat16 instructions: no bf16 AP")
+    elif args.ap_weights:
+        print(f"\nbf16 vs fp32 AP ({os.path.basename(__file__)} --ap-weights):")
+        cfg = demo_config(args.ap_weights, None, [])
+        if cfg is not None:
+            print("\n".join(compare_precisions(cfg, args.ap_weights)))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,12 @@
 The op is built against the torch that is already installed, so install with
 ``pip install --no-build-isolation -e .`` (``make install`` does). CPU sources are always built;
 CUDA sources when CUDA is usable or ``FORCE_CUDA=1`` (a CPU-only build never sees CUDA headers).
+``LITE_DETR_WITH_OP=0`` builds the package without the op (the attention layers then run their
+pure-PyTorch reference, with a warning): for machines without a compiler, and the packaging test.
+
+The configs (``configs/``, ``projects/*/configs/``) are copied into ``lite_detr/model_zoo/`` of
+the built package with the repository's layout, so ``lite_detr.model_zoo.get_config`` works in a
+normal install (an editable one reads them in place).
 """
 
 import glob
@@ -11,6 +17,7 @@ import os
 import sys
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 try:
     import torch
@@ -26,7 +33,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _sources(*patterns):
     return sorted(
-        os.path.relpath(p, ROOT) for pat in patterns for p in glob.glob(os.path.join(ROOT, pat))
+        os.path.relpath(p, ROOT)
+        for pat in patterns
+        for p in glob.glob(os.path.join(ROOT, pat), recursive=True)
     )
 
 
@@ -74,6 +83,34 @@ def get_extensions(with_cuda: bool | None = None):
     ]
 
 
+def with_op() -> bool:
+    value = os.environ.get("LITE_DETR_WITH_OP", "1")
+    if value not in ("0", "1"):
+        sys.exit(f"lite_detr: LITE_DETR_WITH_OP must be 0 or 1, got {value!r}.")
+    return value == "1"
+
+
+def model_zoo_configs():
+    """The config files that ``lite_detr.model_zoo`` carries, relative to the repository root."""
+    return _sources("configs/**/*.py", "projects/*/configs/**/*.py")
+
+
+class BuildPyWithConfigs(build_py):
+    """Also copy the configs into ``lite_detr/model_zoo/`` of the build (detectron2 links or copies
+    its configs into ``detectron2/model_zoo/configs``); the layout is kept, so the configs'
+    relative imports between ``projects/`` and ``configs/common/`` resolve. The source tree is
+    left untouched: an editable install reads the configs in place."""
+
+    def run(self):
+        super().run()
+        if self.editable_mode:
+            return
+        for rel in model_zoo_configs():
+            target = os.path.join(self.build_lib, "lite_detr", "model_zoo", rel)
+            self.mkpath(os.path.dirname(target))
+            self.copy_file(os.path.join(ROOT, rel), target)
+
+
 class ReportingBuildExtension(BuildExtension):
     """Say clearly that the op failed to build, so a broken build is never taken for a slow op."""
 
@@ -97,8 +134,11 @@ if __name__ == "__main__":  # pip and setuptools run this file as __main__
         "for Detectron2",
         python_requires=">=3.10",  # PEP 604 annotations (X | None) are evaluated at import
         packages=find_packages(include=["lite_detr", "lite_detr.*"]),
-        ext_modules=get_extensions(),
-        cmdclass={"build_ext": ReportingBuildExtension.with_options(use_ninja=True)},
+        ext_modules=get_extensions() if with_op() else [],
+        cmdclass={
+            "build_py": BuildPyWithConfigs,
+            "build_ext": ReportingBuildExtension.with_options(use_ninja=True),
+        },
         install_requires=[
             "fvcore>=0.1.5",
             "pycocotools>=2.0.2",

@@ -82,7 +82,7 @@ class InferenceDetector(nn.Module):
         if not isinstance(model, TwoStageDeformableDETR):
             raise ExportError(
                 f"cannot export {type(model).__name__}: only the DINO-family detectors of "
-                "lite_detr (DINO, LiteDINO, DeformableDETR, HDETR and their Lite variants) have "
+                "lite_detr (DINO, DeformableDETR, HDETR, with either encoder) have "
                 "an exportable inference path; use one of their configs"
             )
         self.model = model

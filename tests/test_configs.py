@@ -16,6 +16,8 @@ CONFIGS = sorted(
     for pattern in ("configs/**/*.py", "projects/**/configs/**/*.py")
     for p in glob.glob(os.path.join(ROOT, pattern), recursive=True)
     if not os.path.basename(p).startswith("_")
+    # functions the model configs call (backbone, neck, encoders, decoder): no nodes of their own
+    and not os.path.relpath(p, ROOT).startswith("configs/common/models/")
 )
 FULL_SIZE = {  # instantiated as written (slow); everything else is shrunk first
     "projects/lite_dino/configs/models/dino_r50.py",
@@ -136,10 +138,59 @@ def test_config_instantiates(path):
                 instantiate(cfg[name])  # e.g. baseline_encoder
 
 
+# what each R50 model config builds from the shared pieces in configs/common/models: detector,
+# encoder (FFN width, dropout), decoder (cross-attention, positional queries), queries
+MODELS = {
+    "projects/lite_dino/configs/models/dino_r50.py": (
+        "DINO", "DeformableEncoder", 2048, 0.0, "deformable", "reference_boxes", 900),
+    "projects/lite_dino/configs/models/lite_dino_r50.py": (
+        "DINO", "InterleavedEncoder", 2048, 0.0, "key_aware", "reference_boxes", 900),
+    "projects/lite_deformable_detr/configs/models/deformable_detr_r50.py": (
+        "DeformableDETR", "DeformableEncoder", 1024, 0.1, "deformable", "input", 300),
+    "projects/lite_deformable_detr/configs/models/lite_deformable_detr_r50.py": (
+        "DeformableDETR", "InterleavedEncoder", 1024, 0.1, "key_aware", "input", 300),
+    "projects/lite_h_detr/configs/models/h_detr_r50.py": (
+        "HDETR", "DeformableEncoder", 2048, 0.0, "deformable", "input", 300),
+    "projects/lite_h_detr/configs/models/lite_h_detr_r50.py": (
+        "HDETR", "InterleavedEncoder", 2048, 0.0, "key_aware", "input", 300),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(MODELS))
+def test_model_configs_key_values(path):
+    detector, encoder, ffn, dropout, cross_attention, positional_queries, queries = MODELS[path]
+    cfg = load(path)
+    model = cfg.model
+    assert model._target_.__name__ == detector and model.encoder._target_.__name__ == encoder
+    assert (model.encoder.feedforward_dim, model.encoder.dropout) == (ffn, dropout)
+    assert (model.decoder.feedforward_dim, model.decoder.dropout) == (ffn, dropout)
+    assert model.decoder.cross_attention == cross_attention
+    assert model.decoder.positional_queries == positional_queries
+    assert model.num_queries == queries and model.num_feature_levels == 4
+    # the shared R50 backbone and neck
+    assert model.backbone.stages.depth == 50 and model.backbone.freeze_at == 2
+    assert model.neck.input_shapes.res5.channels == 2048
+    # sizes follow the model's: one override changes the neck, encoder and decoder together
+    LazyConfig.apply_overrides(cfg, ["model.embed_dim=128", "model.num_feature_levels=3"])
+    for node in (model.neck.out_channels, model.encoder.embed_dim, model.decoder.embed_dim):
+        assert node == 128
+    assert model.neck.num_outs == model.encoder.num_levels == model.decoder.num_levels == 3
+    if encoder == "InterleavedEncoder":
+        enc = model.encoder
+        assert (enc.num_high_levels, enc.num_high_updates, enc.num_blocks) == (3, 2, 3)
+        assert enc.attention == "key_aware" and enc.low_feedforward_dim == 256
+        # the baseline's encoder, swapped back in whole, follows the model's sizes too
+        assert cfg.baseline_encoder._target_.__name__ == "DeformableEncoder"
+        assert cfg.baseline_encoder.feedforward_dim == ffn
+        LazyConfig.apply_overrides(cfg, ["model.encoder=${baseline_encoder}"])
+        assert model.encoder.num_layers == 6 and model.encoder.embed_dim == 128
+        assert model.encoder.num_levels == 3
+
+
 def test_full_size_models():
     dino = instantiate(load("projects/lite_dino/configs/models/dino_r50.py").model)
     lite = instantiate(load("projects/lite_dino/configs/models/lite_dino_r50.py").model)
-    assert type(dino).__name__ == "DINO" and type(lite).__name__ == "LiteDINO"
+    assert type(dino).__name__ == type(lite).__name__ == "DINO"
     assert dino.variant_tag.tags == {"encoder": "deformable6/deformable", "decoder": "deformable"}
     assert lite.variant_tag.tags == {"encoder": "H3L1-(2+1)x3/key_aware", "decoder": "key_aware"}
     n_dino = sum(p.numel() for p in dino.parameters())

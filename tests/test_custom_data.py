@@ -78,7 +78,7 @@ def test_readme_custom_data_commands(tmp_path):
     assert (run_dir / "model_final.pth").is_file()
     log = (run_dir / "log.txt").read_text()
     assert "\x1b[" not in log  # no colour codes in the log file
-    assert "Model:\nLiteDINO(" not in log  # the whole model is not printed
+    assert "Model:\nDINO(" not in log  # the whole model is not printed
     assert re.search(r"iter: 0 ", log), "the first progress line comes after iteration 0"
     assert "Evaluation results for bbox" in log
     for line in (run_dir / "metrics.json").read_text().splitlines():

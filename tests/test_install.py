@@ -114,3 +114,68 @@ def test_python_floor_is_stated_alike_and_holds():
             if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
                 pep604 |= isinstance(node.annotation, ast.BinOp)
     assert pep604 and minor == 10, "the floor is the oldest Python the sources run on"
+
+
+def test_normal_install_carries_the_configs(tmp_path):
+    """`pip install .` (not editable) into a fresh venv: `lite_detr.model_zoo.get_config` finds
+    the configs inside the installed package (the source tree is out of reach) and a model
+    builds and runs. The venv sees this environment's packages through a .pth file, so nothing
+    is downloaded; the op is left out (LITE_DETR_WITH_OP=0) to keep the build short."""
+    import shutil
+    import sysconfig
+    import venv
+
+    source = tmp_path / "src"  # a copy: pip builds in the source tree (build/, *.egg-info)
+    anywhere = shutil.ignore_patterns("__pycache__", "*.egg-info", ".*_cache", "*.so")
+
+    def ignore(folder, names):
+        at_root = {".git", ".venv", "build", "dist", "output", "datasets"}
+        return anywhere(folder, names) | (at_root & set(names) if folder == ROOT else set())
+
+    shutil.copytree(ROOT, source, ignore=ignore)
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    python = str(env_dir / "bin" / "python")
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    with open(os.path.join(site, "this_env.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    env = {**os.environ, "LITE_DETR_WITH_OP": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    env.pop("PYTHONPATH", None)
+    pip = [python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    # --ignore-installed: never touch the lite_detr this environment has
+    res = subprocess.run(
+        pip + ["--ignore-installed", str(source)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    shutil.rmtree(source)  # only the installed package is left
+
+    check = """
+import os, sys, warnings, torch
+from detectron2.config import instantiate
+import lite_detr
+from lite_detr.model_zoo import get_config, get_config_file
+site = sys.argv[1]
+assert lite_detr.__file__.startswith(site), lite_detr.__file__
+for name in ("projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py",
+             "projects/lite_h_detr/configs/lite_h_detr_r50_h3l1_a2b3_12ep.py"):
+    assert get_config_file(name).startswith(os.path.join(site, "lite_detr", "model_zoo")), name
+cfg = get_config("projects/lite_h_detr/configs/lite_h_detr_r50_h3l1_a2b3_12ep.py")
+assert cfg.train.epochs == 12 and cfg.model.encoder.num_high_levels == 3
+cfg = get_config("projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")
+model = instantiate(cfg.model).eval()
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # no compiled op: the PyTorch reference runs, with a warning
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 64, 80), dtype=torch.uint8)}])
+print(type(model).__name__, len(out[0]["instances"]))
+"""
+    res = subprocess.run(
+        [python, "-c", check, site], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["DINO", "100"]

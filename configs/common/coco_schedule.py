@@ -1,11 +1,12 @@
 """Step schedules counted in epochs, as the releases' ``StepLR``: lr x0.1 after 11 / 30 / 40
 epochs (``lr_multiplier_{12,36,50}ep``).
 
-A multiplier is a function of the fraction of training done. Pair it with ``train.epochs`` of
-the same length (12 / 36 / 50) and ``train.max_iter = None``: ``train_net.py`` then trains
-``epochs * iters_per_epoch`` iterations, one epoch being one pass over the training set at
-``dataloader.train.total_batch_size`` (:func:`lite_detr.solver.iterations_per_epoch`), so the
-drop lands on the first iteration of epoch 12 / 31 / 41, the release's, on any dataset and batch.
+A multiplier is a function of the fraction of training done. Pair it with ``train.epochs`` of the
+same length (12 / 36 / 50) and ``train.max_iter = None`` (``coco_train`` of ``train.py`` sets both):
+``train_net.py`` then trains ``epochs * iters_per_epoch`` iterations, one epoch being one pass over
+the training set at ``dataloader.train.total_batch_size``
+(:func:`lite_detr.solver.iterations_per_epoch`), so the drop lands on the first iteration of epoch
+12 / 31 / 41, the release's, on any dataset and batch.
 """
 
 from detectron2.config import LazyCall as L

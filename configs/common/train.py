@@ -2,8 +2,13 @@
 
 Keys beyond detectron2's own (``epochs``, ``clip_grad``, ``model_ema``, ``amp.dtype``) are read
 by our ``train_net.py``; detectron2's script ignores them (and so cannot run a config that sets
-``epochs`` instead of ``max_iter``).
+``epochs`` instead of ``max_iter``). :func:`coco_train` gives the ``train`` of the COCO recipes.
 """
+
+import copy
+
+# torchvision's ImageNet ResNet-50 (RGB input), the backbone start of every R50 recipe here
+IMAGENET_R50 = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 
 train = {
     "output_dir": "./output",
@@ -29,3 +34,19 @@ train = {
     # the same for an image that cannot be read during training (deleted, damaged)
     "skip_bad_images": False,
 }
+
+
+def coco_train(epochs: int, output_dir: str, init_checkpoint: str = IMAGENET_R50) -> dict:
+    """``train`` of a COCO recipe on GPUs: ``epochs`` passes over the training set (with
+    ``max_iter = None``: train_net.py derives the iterations from the dataset and the batch; pair
+    it with ``lr_multiplier_{epochs}ep`` of ``coco_schedule.py``), evaluation and a checkpoint
+    every 7500 iterations, starting from ``init_checkpoint`` (ImageNet weights of the backbone)."""
+    recipe = copy.deepcopy(train)
+    recipe["init_checkpoint"] = init_checkpoint
+    recipe["output_dir"] = output_dir
+    recipe["epochs"] = epochs
+    recipe["max_iter"] = None
+    recipe["eval_period"] = 7500
+    recipe["checkpointer"]["period"] = 7500
+    recipe["device"] = "cuda"
+    return recipe

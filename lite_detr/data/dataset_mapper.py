@@ -6,7 +6,6 @@ from typing import List
 
 import numpy as np
 import torch
-from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
@@ -95,7 +94,6 @@ class DetrDatasetMapper:
     dropped. At test time only ``augmentation`` is applied and annotations are removed.
     """
 
-    @configurable
     def __init__(
         self,
         *,
@@ -129,26 +127,6 @@ class DetrDatasetMapper:
         logger.info(f"[DetrDatasetMapper] {mode} augmentation: {augmentation}")
         if is_train and self.augmentation_with_crop is not None:
             logger.info(f"[DetrDatasetMapper] crop augmentation: {augmentation_with_crop}")
-
-    @classmethod
-    def from_config(cls, cfg, is_train: bool = True):
-        """Build from a yacs config (``INPUT.*``), as detectron2's ``DatasetMapper`` does."""
-        if is_train:
-            augmentation = build_detr_augmentation(
-                cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN
-            )
-            with_crop = build_detr_augmentation(
-                cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, with_crop=True
-            )
-        else:
-            augmentation = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)]
-            with_crop = None
-        return {
-            "is_train": is_train,
-            "augmentation": augmentation,
-            "augmentation_with_crop": with_crop if cfg.INPUT.CROP.ENABLED else None,
-            "image_format": cfg.INPUT.FORMAT,
-        }
 
     def __call__(self, dataset_dict):
         """

@@ -1,7 +1,6 @@
 """Detector components: backbone adapters, encoders, decoders, detectors, matcher, criterion.
 
-Importing this package registers :class:`DINO` and :class:`LiteDINO` in detectron2's
-``META_ARCH_REGISTRY``.
+Configs import everything they build from here (``from lite_detr.modeling import DINO, ...``).
 """
 
 from .backbone import MultiScaleNeck, SwinTransformer, make_resnet_stages
@@ -10,19 +9,21 @@ from .decoders import DeformableDecoder, DeformableDecoderLayer
 from .denoising import ContrastiveDenoising
 from .encoders import DeformableEncoder, InterleavedEncoder
 from .matcher import HungarianMatcher
-from .meta_arch import DINO, LiteDINO
+from .meta_arch import DINO, HDETR, DeformableDETR, TwoStageDeformableDETR
 
 __all__ = [
     "DINO",
     "ContrastiveDenoising",
+    "DeformableDETR",
     "DeformableDecoder",
     "DeformableDecoderLayer",
     "DeformableEncoder",
+    "HDETR",
     "HungarianMatcher",
     "InterleavedEncoder",
-    "LiteDINO",
     "MultiScaleNeck",
     "SetCriterion",
     "SwinTransformer",
+    "TwoStageDeformableDETR",
     "make_resnet_stages",
 ]

@@ -1,18 +1,12 @@
-"""Detectors registered in detectron2's ``META_ARCH_REGISTRY`` (importing registers them), and
-their shared, unregistered base :class:`TwoStageDeformableDETR`."""
+"""The detectors (meta-architectures) and their shared base :class:`TwoStageDeformableDETR`.
 
-from .deformable_detr import DeformableDETR, LiteDeformableDETR
-from .dino import DINO, LiteDINO
-from .h_detr import HDETR, LiteHDETR
+A Lite DETR detector is one of these with the interleaved encoder: a config choice, not a class
+(``projects/*/configs/models/lite_*_r50.py``). LazyConfig builds them with ``L(DINO)(...)``.
+"""
+
+from .deformable_detr import DeformableDETR
+from .dino import DINO
+from .h_detr import HDETR
 from .two_stage import TwoStageDeformableDETR, VariantTag
 
-__all__ = [
-    "DINO",
-    "DeformableDETR",
-    "HDETR",
-    "LiteDINO",
-    "LiteDeformableDETR",
-    "LiteHDETR",
-    "TwoStageDeformableDETR",
-    "VariantTag",
-]
+__all__ = ["DINO", "DeformableDETR", "HDETR", "TwoStageDeformableDETR", "VariantTag"]

@@ -1,16 +1,14 @@
-"""Two-stage Deformable DETR (Zhu et al., ICLR 2021) and Lite-Deformable-DETR as detectron2
-models."""
+"""Two-stage Deformable DETR (Zhu et al., ICLR 2021), and with Lite DETR's encoder
+Lite-Deformable-DETR."""
 
-from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor
 
 from ..query_selection import ProposalEmbedding
 from .two_stage import TwoStageDeformableDETR
 
-__all__ = ["DeformableDETR", "LiteDeformableDETR"]
+__all__ = ["DeformableDETR"]
 
 
-@META_ARCH_REGISTRY.register()
 class DeformableDETR(TwoStageDeformableDETR):
     """Deformable DETR: Deformable Transformers for End-to-End Object Detection (Zhu et al.,
     arXiv 2010.04159), two-stage with iterative box refinement ("++ two-stage", table 1).
@@ -23,7 +21,8 @@ class DeformableDETR(TwoStageDeformableDETR):
     query (first C), the same in every decoder layer, and the content query (last C). The
     configuration (FFN 1024, dropout 0.1, 300 queries, class loss weight 2, top-100 detections,
     lr x0.1 on the sampling offsets) is in
-    ``projects/lite_deformable_detr/configs/models/deformable_detr_r50.py``.
+    ``projects/lite_deformable_detr/configs/models/deformable_detr_r50.py``; Lite-Deformable-DETR
+    is this class with the interleaved encoder (``lite_deformable_detr_r50.py`` there).
     """
 
     positional_queries = "input"
@@ -58,11 +57,3 @@ class DeformableDETR(TwoStageDeformableDETR):
             (N, Q, C)
         """
         return self.proposal_embed(ref_unsig, memory.dtype)[0]
-
-
-@META_ARCH_REGISTRY.register()
-class LiteDeformableDETR(DeformableDETR):
-    """Lite-Deformable-DETR (Li et al., "Lite DETR", CVPR 2023): Deformable DETR whose encoder is
-    the interleaved encoder with key-aware deformable attention (KDA in the decoder's
-    cross-attention too). Same code as :class:`DeformableDETR`: the encoder and the attention
-    types come from the config."""

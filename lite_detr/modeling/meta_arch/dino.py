@@ -1,19 +1,17 @@
-"""DINO (Zhang et al., ICLR 2023) and Lite-DINO (Li et al., CVPR 2023) as detectron2 models."""
+"""DINO (Zhang et al., ICLR 2023), and with Lite DETR's encoder Lite-DINO (Li et al., CVPR 2023)."""
 
 from typing import Dict, List
 
 import torch
-from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
 from lite_detr.checkpoint import VariantTag  # defined with the checkpointer; re-exported here
 
 from .two_stage import TwoStageDeformableDETR
 
-__all__ = ["DINO", "LiteDINO", "VariantTag"]
+__all__ = ["DINO", "VariantTag"]
 
 
-@META_ARCH_REGISTRY.register()
 class DINO(TwoStageDeformableDETR):
     """DINO: DETR with Improved DeNoising Anchor Boxes (Zhang et al., arXiv 2203.03605).
 
@@ -22,6 +20,9 @@ class DINO(TwoStageDeformableDETR):
     ``tgt_embed``; section 3.4), contrastive denoising queries in training (CDN, section 3.3)
     and look-forward-twice (section 3.5, the decoder's ``look_forward_twice``). The decoder makes
     the positional queries from each layer's reference boxes.
+
+    Lite-DINO is this class with the interleaved encoder and key-aware attention in encoder and
+    decoder: a config choice (``projects/lite_dino/configs/models/lite_dino_r50.py``).
     """
 
     positional_queries = "reference_boxes"
@@ -101,11 +102,3 @@ class DINO(TwoStageDeformableDETR):
             for base in self.criterion.weight_dict:
                 losses.update({base + s: zero for s in suffixes})
         return losses
-
-
-@META_ARCH_REGISTRY.register()
-class LiteDINO(DINO):
-    """Lite-DINO (Li et al., "Lite DETR", CVPR 2023): DINO whose encoder is the interleaved
-    encoder with key-aware deformable attention (KDA), and whose decoder cross-attends with KDA
-    too (the release). Same code as :class:`DINO`: the encoder and the attention types come from
-    the config."""

@@ -1,16 +1,15 @@
-"""H-DETR (Jia et al., CVPR 2023) and Lite-H-DETR: two-stage Deformable DETR with hybrid
-matching."""
+"""H-DETR (Jia et al., CVPR 2023): two-stage Deformable DETR with hybrid matching, and with Lite
+DETR's encoder Lite-H-DETR."""
 
 from typing import Dict, List
 
 import torch
-from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
 from ..query_selection import ProposalEmbedding
 from .two_stage import TwoStageDeformableDETR
 
-__all__ = ["HDETR", "LiteHDETR", "build_hybrid_attn_mask", "repeat_targets"]
+__all__ = ["HDETR", "build_hybrid_attn_mask", "repeat_targets"]
 
 
 def build_hybrid_attn_mask(num_one2one: int, num_one2many: int, device=None) -> Tensor:
@@ -40,7 +39,6 @@ def repeat_targets(targets: List[Dict[str, Tensor]], k: int) -> List[Dict[str, T
     return [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)} for t in targets]
 
 
-@META_ARCH_REGISTRY.register()
 class HDETR(TwoStageDeformableDETR):
     """DETRs with Hybrid Matching (Jia et al., arXiv 2207.13080) on two-stage Deformable DETR,
     as its R50 36-epoch results: mixed query selection and look-forward-twice included.
@@ -55,6 +53,9 @@ class HDETR(TwoStageDeformableDETR):
     repeated ``k`` times, i.e. each object gets up to ``k`` positive queries. Decoder
     self-attention is masked between the groups. At inference only the ``Q1`` one-to-one queries
     are selected and decoded (section 3.2.1).
+
+    Lite-H-DETR is this class with the interleaved encoder, a config choice
+    (``projects/lite_h_detr/configs/models/lite_h_detr_r50.py``).
     """
 
     positional_queries = "input"
@@ -148,10 +149,3 @@ class HDETR(TwoStageDeformableDETR):
             f"one2many_repeats={self.one2many_repeats}, "
             f"one2many_loss_weight={self.one2many_loss_weight}"
         )
-
-
-@META_ARCH_REGISTRY.register()
-class LiteHDETR(HDETR):
-    """Lite-H-DETR: H-DETR whose encoder is Lite DETR's interleaved encoder with key-aware
-    deformable attention (KDA in the decoder's cross-attention too). Same code as
-    :class:`HDETR`: the encoder and the attention types come from the config."""

@@ -4,7 +4,7 @@ baseline of Lite-H-DETR)."""
 from ....configs.common.coco_schedule import lr_multiplier_36ep as lr_multiplier
 from ....configs.common.data.coco_detr import dataloader, datasets
 from ....configs.common.optim import AdamWDecayAll as optimizer
-from ....configs.common.train import train
+from ....configs.common.train import coco_train
 from .models.h_detr_r50 import model
 
 # H-DETR's optimizer (Deformable DETR's): AdamW, lr 2e-4, weight decay 1e-4 on every parameter
@@ -14,14 +14,7 @@ from .models.h_detr_r50 import model
 optimizer.lr = 2e-4
 optimizer.params.lr_multipliers = {"sampling_offsets": 0.1}
 
-# torchvision ImageNet weights (RGB input)
-train.init_checkpoint = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
-train.output_dir = "./output/h_detr_r50_36ep"
-# 36 passes over the training set (train_net.py derives max_iter: 7,393 iterations per epoch on
-# COCO train2017 at batch 16); lr x0.1 after epoch 30 (lr_multiplier)
-train.epochs = 36
-train.max_iter = None
-train.eval_period = 7500
-train.checkpointer.period = 7500
-train.device = "cuda"
+# 36 passes over COCO train2017 (train_net.py derives max_iter: 7,393 iterations per epoch at
+# batch 16), lr x0.1 after epoch 30 (lr_multiplier); torchvision ImageNet weights
+train = coco_train(epochs=36, output_dir="./output/h_detr_r50_36ep")
 dataloader.train.total_batch_size = 16  # the release's: 8 GPUs x 2

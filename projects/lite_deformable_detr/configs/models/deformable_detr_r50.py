@@ -15,69 +15,28 @@ override, e.g. ``model.num_queries=100``.
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BasicStem, ResNet
 
 from lite_detr.layers import PositionEmbeddingSine
-from lite_detr.modeling import (
-    DeformableDecoder,
-    DeformableEncoder,
-    HungarianMatcher,
-    MultiScaleNeck,
-    SetCriterion,
-    make_resnet_stages,
-)
-from lite_detr.modeling.meta_arch import DeformableDETR
+from lite_detr.modeling import DeformableDETR, HungarianMatcher, SetCriterion
+
+from .....configs.common.models.resnet import multi_scale_neck, resnet50_backbone
+from .....configs.common.models.transformer import deformable_decoder, deformable_encoder
 
 model = L(DeformableDETR)(
-    backbone=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        stages=L(make_resnet_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-        out_features=["res3", "res4", "res5"],
-        freeze_at=2,  # stem and res2 frozen, as Deformable DETR (layer1 not trained)
-    ),
-    neck=L(MultiScaleNeck)(
-        input_shapes={
-            "res3": L(ShapeSpec)(channels=512, stride=8),
-            "res4": L(ShapeSpec)(channels=1024, stride=16),
-            "res5": L(ShapeSpec)(channels=2048, stride=32),
-        },
-        in_features=["res3", "res4", "res5"],
-        out_channels="${..embed_dim}",
-        num_outs="${..num_feature_levels}",
-        num_groups=32,
-    ),
+    backbone=resnet50_backbone(),
+    neck=multi_scale_neck(),
     position_embedding=L(PositionEmbeddingSine)(
         num_pos_feats=128, temperature=10000, normalize=True, offset=-0.5
     ),
-    encoder=L(DeformableEncoder)(
-        num_layers=6,
-        embed_dim="${..embed_dim}",
-        num_heads=8,
-        num_levels="${..num_feature_levels}",
-        num_points=4,
+    encoder=deformable_encoder(feedforward_dim=1024, dropout=0.1),
+    decoder=deformable_decoder(
         feedforward_dim=1024,
         dropout=0.1,
-        attention="deformable",
-        attention_dropout=0.0,
-    ),
-    decoder=L(DeformableDecoder)(
-        num_classes="${..num_classes}",
-        num_layers=6,
-        embed_dim="${..embed_dim}",
-        num_heads=8,
-        num_levels="${..num_feature_levels}",
-        num_points=4,
-        feedforward_dim=1024,
-        dropout=0.1,
-        cross_attention="deformable",
-        attention_dropout=0.0,
-        separate_key_proj=False,
         look_forward_twice=False,
         share_heads=False,
-        inverse_sigmoid_eps=1e-5,
         positional_queries="input",  # from the proposals (DeformableDETR.position_queries)
         final_norm=False,
+        inverse_sigmoid_eps=1e-5,
     ),
     criterion=L(SetCriterion)(
         num_classes="${..num_classes}",

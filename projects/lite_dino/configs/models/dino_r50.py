@@ -5,70 +5,25 @@ are interpolated from ``model.embed_dim`` / ``model.num_feature_levels`` / ``mod
 """
 
 from detectron2.config import LazyCall as L
-from detectron2.layers import ShapeSpec
-from detectron2.modeling.backbone import BasicStem, ResNet
 
 from lite_detr.layers import PositionEmbeddingSine
-from lite_detr.modeling import (
-    DINO,
-    ContrastiveDenoising,
-    DeformableDecoder,
-    DeformableEncoder,
-    HungarianMatcher,
-    MultiScaleNeck,
-    SetCriterion,
-    make_resnet_stages,
-)
+from lite_detr.modeling import DINO, ContrastiveDenoising, HungarianMatcher, SetCriterion
+
+from .....configs.common.models.resnet import multi_scale_neck, resnet50_backbone
+from .....configs.common.models.transformer import deformable_decoder, deformable_encoder
 
 model = L(DINO)(
-    backbone=L(ResNet)(
-        stem=L(BasicStem)(in_channels=3, out_channels=64, norm="FrozenBN"),
-        # make_resnet_stages = ResNet.make_default_stages that also accepts depth 18/34
-        stages=L(make_resnet_stages)(depth=50, stride_in_1x1=False, norm="FrozenBN"),
-        out_features=["res3", "res4", "res5"],
-        freeze_at=2,  # stem and res2 frozen, as the released DINO / Lite-DINO
-    ),
-    # restate the channels when changing the backbone depth (R18/34: 128, 256, 512)
-    neck=L(MultiScaleNeck)(
-        input_shapes={
-            "res3": L(ShapeSpec)(channels=512, stride=8),
-            "res4": L(ShapeSpec)(channels=1024, stride=16),
-            "res5": L(ShapeSpec)(channels=2048, stride=32),
-        },
-        in_features=["res3", "res4", "res5"],
-        out_channels="${..embed_dim}",
-        num_outs="${..num_feature_levels}",
-        num_groups=32,
-    ),
+    backbone=resnet50_backbone(),
+    neck=multi_scale_neck(),
     # num_pos_feats = embed_dim / 2; temperature 20 and no -0.5 offset, as the released
     # DINO / Lite-DINO (so that their weights give their outputs)
     position_embedding=L(PositionEmbeddingSine)(
         num_pos_feats=128, temperature=20, normalize=True, offset=0.0
     ),
-    encoder=L(DeformableEncoder)(
-        num_layers=6,
-        embed_dim="${..embed_dim}",
-        num_heads=8,
-        num_levels="${..num_feature_levels}",
-        num_points=4,
+    encoder=deformable_encoder(feedforward_dim=2048, dropout=0.0),
+    decoder=deformable_decoder(
         feedforward_dim=2048,
         dropout=0.0,
-        attention="deformable",
-        attention_dropout=0.0,
-    ),
-    decoder=L(DeformableDecoder)(
-        num_classes="${..num_classes}",
-        num_layers=6,
-        embed_dim="${..embed_dim}",
-        num_heads=8,
-        num_levels="${..num_feature_levels}",
-        num_points=4,
-        feedforward_dim=2048,
-        dropout=0.0,
-        # an explicit choice, not the encoder's: swapping the encoder leaves the decoder as it is
-        cross_attention="deformable",
-        attention_dropout=0.0,
-        separate_key_proj=False,
         look_forward_twice=True,
         share_heads=True,
         positional_queries="reference_boxes",  # DINO's: an MLP of each layer's boxes

@@ -10,7 +10,7 @@ one-to-one queries (kept at inference) + 1500 one-to-many queries
 matched to the ground truth repeated 6 times (training only), one-to-many loss weight 1.
 """
 
-from lite_detr.modeling.meta_arch import HDETR
+from lite_detr.modeling import HDETR
 
 from ....lite_deformable_detr.configs.models.deformable_detr_r50 import model
 

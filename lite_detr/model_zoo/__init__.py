@@ -17,8 +17,10 @@ The configs of this repository, loadable from anywhere (as detectron2's and detr
     model.num_classes = None  # from my_train's json
 
 Paths are relative to the repository root, as in the README (``configs/common/...`` or
-``projects/<project>/configs/...``); the configs' own relative imports keep working because
-they are loaded from where they are.
+``projects/<project>/configs/...``). An installed package carries the configs in this folder with
+the repository's layout (setup.py copies them at build time, as detectron2 does its configs), so
+the configs' own relative imports (``....configs.common``) keep working; an editable install or
+a source checkout reads them in place.
 """
 
 import os
@@ -28,16 +30,21 @@ from omegaconf import DictConfig
 
 __all__ = ["get_config_file", "get_config"]
 
-# the configs are read from the source tree (an editable install, as `make install` does)
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGED = os.path.dirname(os.path.abspath(__file__))  # configs/, projects/ in a built package
+_SOURCE = os.path.dirname(os.path.dirname(_PACKAGED))  # the repository root (editable install)
+
+
+def _config_root() -> str:
+    return _PACKAGED if os.path.isdir(os.path.join(_PACKAGED, "configs")) else _SOURCE
 
 
 def get_config_file(config_path: str) -> str:
     """Absolute path of a config of this repository, given relative to its root."""
-    path = os.path.join(_ROOT, config_path)
+    root = _config_root()
+    path = os.path.join(root, config_path)
     if not os.path.isfile(path) or not config_path.endswith(".py"):
         raise FileNotFoundError(
-            f"{config_path!r} is not a config of lite_detr (looked in {_ROOT}). Pass a path "
+            f"{config_path!r} is not a config of lite_detr (looked in {root}). Pass a path "
             "relative to the repository root, e.g. "
             "'projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py' or "
             "'configs/common/data/coco_detr.py'."

@@ -41,6 +41,7 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, pairwise_iou
 
 from lite_detr.config import load_config
+from lite_detr.deploy import optimize_for_cpu_inference
 from lite_detr.export import (
     ExportError,
     InferenceDetector,
@@ -217,6 +218,9 @@ def main(argv=None):
         ort_selection = selection_session(
             optimized, model.num_queries, session.get_session_options()
         )
+    # eager and compiled run as in the tools; the ONNX file above is the plain model's, as
+    # tools/export_model.py writes it
+    optimize_for_cpu_inference(model)
     compiled = torch.compile(eager) if not args.no_compile else None
 
     def eager_bf16(image):

@@ -44,6 +44,7 @@ import torch
 from detectron2.config import instantiate
 
 from lite_detr.config import load_config
+from lite_detr.deploy import optimize_for_cpu_inference
 from lite_detr.export import (
     ExportError,
     InferenceDetector,
@@ -293,6 +294,9 @@ def main(argv=None):
         ort_selection = selection_session(
             optimized, model.num_queries, session.get_session_options()
         )
+    # eager and compiled run as in the tools; the ONNX file above is the plain model's, as
+    # tools/export_model.py writes it
+    optimize_for_cpu_inference(model)
     compiled = torch.compile(eager) if not args.no_compile else None
     tmp_rtdetr = tempfile.TemporaryDirectory()  # RT-DETR's ONNX files, removed at exit
     rtdetr = RTDETR(args.threads, tmp_rtdetr.name) if args.rtdetr else None

@@ -3,7 +3,11 @@
 timed with the steps switched on one after the other, the configurations taking turns in every
 round (so that a change of machine load hits all of them), median over ``--runs`` rounds.
 
-Steps (cumulative; "today" runs none of them, i.e. the forward before they existed):
+Steps (cumulative; "today" runs none of them, i.e. the forward before they existed). Steps 1, 2,
+6 and 7 are what :func:`lite_detr.deploy.optimize_for_cpu_inference` does to a model; the last
+row's model is deployed by that function itself, as the tools deploy theirs (with the freed
+memory reused, as ``tools/demo.py`` and ``tools/benchmark.py`` do), so that row is the tools'
+path.
 
 1. ``fold BN``: FrozenBatchNorm folded into the backbone's convs (cached folded weights).
 2. ``channels-last``: the folded weights, and so the backbone's feature maps, channels-last.
@@ -17,11 +21,11 @@ Steps (cumulative; "today" runs none of them, i.e. the forward before they exist
    broadcasting (L, 1, 2) into (L, P, 2); the rows before it run the broadcasting expression,
    kept here (:func:`broadcast_sampling_locations`).
 6. ``FFN in token chunks``: at inference the FFN runs 1024 tokens at a time
-   (``lite_detr.layers.FFN.inference_chunk``), so the (tokens, 2048) hidden stays in the cache
-   between its two linears; the rows before it set ``inference_chunk = 0`` (all at once).
+   (``lite_detr.layers.TokenChunkedFFN``), so the (tokens, 2048) hidden stays in the cache
+   between its two linears; the rows before it run the plain ``FFN`` (all at once).
 7. ``linears through oneDNN``: the linears over >= 1024 tokens run as oneDNN 1x1 convolutions
-   instead of MKL's GEMM (``lite_detr.layers.Linear``); the rows before it switch that off
-   (``Linear.onednn_at_inference = False`` around their runs).
+   instead of MKL's GEMM (``lite_detr.layers.OneDNNLinear``); the rows before it run the plain
+   ``nn.Linear``.
 8. ``box head on the selected tokens``: the two-stage box head runs on the 900 selected tokens
    instead of all of them (``TwoStageDetrBase.select_proposals``); the rows before it run the old
    selection, kept here (:func:`boxes_of_every_token`).
@@ -56,9 +60,17 @@ import types
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
+from torch import nn
 
+from lite_detr.deploy import optimize_for_cpu_inference, swap_module_class
 from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE
-from lite_detr.layers import FFN, Linear, key_aware_attention, multi_scale_deform_attn
+from lite_detr.layers import (
+    FFN,
+    OneDNNLinear,
+    TokenChunkedFFN,
+    key_aware_attention,
+    multi_scale_deform_attn,
+)
 from lite_detr.layers.deformable_sampling import compute_sampling_locations
 from lite_detr.modeling.backbone import fold_batchnorm_at_inference
 from lite_detr.modeling.meta_arch.two_stage import has_padding
@@ -83,6 +95,7 @@ STEPS = {
     "+ linears through oneDNN": (True, True, True, True, True, True, True, False),
     "+ box head on the selected tokens": (True, True, True, True, True, True, True, True),
 }
+LAST = "+ box head on the selected tokens"  # all steps, i.e. the tools' path
 # the modules that call compute_sampling_locations (each imported the name)
 _LOCATION_USERS = (key_aware_attention, multi_scale_deform_attn)
 
@@ -113,17 +126,6 @@ def sampling_locations(contiguous):
     finally:
         for module in _LOCATION_USERS:
             module.compute_sampling_locations = compute_sampling_locations
-
-
-@contextlib.contextmanager
-def linears_through_onednn(enabled):
-    """``Linear.onednn_at_inference`` (every layer's switch) set to ``enabled`` for a block."""
-    before = Linear.onednn_at_inference
-    Linear.onednn_at_inference = enabled
-    try:
-        yield
-    finally:
-        Linear.onednn_at_inference = before
 
 
 def boxes_of_every_token(model, enc, num_queries=None):
@@ -231,15 +233,20 @@ def main(argv=None):
     randomize_frozen_bn(base)
     # one copy per step (same weights), so that no switch invalidates a folded-weight cache
     models = {}
-    for label, (fold, channels_last, _, _, _, chunked_ffn, _, selected_boxes) in STEPS.items():
-        models[label] = copy.deepcopy(base)
-        fold_batchnorm_at_inference(models[label].backbone, fold, channels_last)
-        for module in models[label].modules():
-            if isinstance(module, FFN) and not chunked_ffn:
-                module.inference_chunk = 0
+    for label, (fold, channels_last, _, _, _, chunked_ffn, onednn, selected_boxes) in STEPS.items():
+        model = models[label] = copy.deepcopy(base)
+        if label == LAST:  # every step: the tools' deployment
+            optimize_for_cpu_inference(model)
+            continue
+        if fold:
+            fold_batchnorm_at_inference(model, channels_last=channels_last)
+        if chunked_ffn:
+            swap_module_class(model, FFN, TokenChunkedFFN)
+        if onednn:
+            swap_module_class(model, nn.Linear, OneDNNLinear)
         if not selected_boxes:
-            models[label].select_proposals = types.MethodType(boxes_of_every_token, models[label])
-    del base
+            model.select_proposals = types.MethodType(boxes_of_every_token, model)
+    del base, model
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, args.height, args.width), dtype=torch.uint8, generator=g)
     inputs = [{"image": image}]
@@ -254,11 +261,7 @@ def main(argv=None):
     for i in range(args.warmup + args.runs):
         for label, model in models.items():
             steps = STEPS[label]
-            with (
-                freed_memory_reused(steps[3]) as reused,
-                sampling_locations(steps[4]),
-                linears_through_onednn(steps[6]),
-            ):
+            with freed_memory_reused(steps[3]) as reused, sampling_locations(steps[4]):
                 if reused:  # a process serving images keeps its heap: time the second image
                     timers[label].run(model, inputs, steps[2])
                 times, outputs[label] = timers[label].run(model, inputs, steps[2])

@@ -29,6 +29,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.analysis import FlopCountAnalysis
 from omegaconf import OmegaConf
 
+from lite_detr.deploy import optimize_for_cpu_inference
 from lite_detr.ops import compiled_ops_available
 from lite_detr.ops.flop_count import FLOP_HANDLES
 
@@ -148,6 +149,8 @@ def main():
         if key not in models:
             torch.manual_seed(0)
             models[key] = instantiate(cfg).to(args.device).eval()
+            if args.device == "cpu":  # as the tools run it
+                optimize_for_cpu_inference(models[key])
         labels.append(label)
         keys.append(key)
     results = {key: {"variant": model.encoder.variant} for key, model in models.items()}

@@ -12,6 +12,7 @@ from detectron2.data import transforms as T
 from ..checkpoint import LiteDetrCheckpointer
 from ..config import ConfigError, config_error_on_bad_checkpoint
 from ..data.image_io import read_image
+from ..deploy import optimize_for_cpu_inference
 from ..precision import bf16_inference, resolve_precision
 
 __all__ = ["Predictor", "read_rgb"]
@@ -20,7 +21,9 @@ __all__ = ["Predictor", "read_rgb"]
 class Predictor:
     """
     Single-image inference with the config's test-time resize; inputs are RGB uint8 HWC arrays,
-    outputs the ``Instances`` of the image (boxes in input pixels, on the CPU).
+    outputs the ``Instances`` of the image (boxes in input pixels, on the CPU). On the CPU the
+    model is deployed with :func:`lite_detr.deploy.optimize_for_cpu_inference` (outputs differ
+    from the plain model's by float rounding).
 
     Args:
         cfg: LazyConfig with ``model``, ``dataloader.test`` and ``train.device``.
@@ -48,6 +51,8 @@ class Predictor:
                 raise ConfigError(f"Weights {weights!r} do not exist: pass --weights FILE.pth.")
             with config_error_on_bad_checkpoint(weights):
                 LiteDetrCheckpointer(self.model).load(weights)
+        if str(cfg.train.device).startswith("cpu"):
+            optimize_for_cpu_inference(self.model)
         mapper = cfg.dataloader.test.mapper
         self.augmentation = T.AugmentationList(list(instantiate(mapper.augmentation)))
         self.input_format = mapper.get("image_format", "RGB")

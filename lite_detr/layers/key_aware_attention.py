@@ -10,7 +10,6 @@ from .deformable_sampling import (
     compute_sampling_locations,
     project_heads,
 )
-from .linear import Linear
 from .multi_scale_deform_attn import check_head_arguments, init_sampling_offsets
 
 __all__ = ["KeyAwareDeformableAttention"]
@@ -54,11 +53,11 @@ class KeyAwareDeformableAttention(nn.Module):
         self.num_points = num_points
         self.separate_key_proj = separate_key_proj
 
-        self.sampling_offsets = Linear(embed_dim, num_heads * num_levels * num_points * 2)
-        self.query_proj = Linear(embed_dim, embed_dim)
-        self.value_proj = Linear(embed_dim, embed_dim)
-        self.key_proj = Linear(embed_dim, embed_dim) if separate_key_proj else None
-        self.output_proj = Linear(embed_dim, embed_dim)
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.query_proj = nn.Linear(embed_dim, embed_dim)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.key_proj = nn.Linear(embed_dim, embed_dim) if separate_key_proj else None
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.init_weights()
 

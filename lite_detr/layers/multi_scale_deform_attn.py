@@ -12,7 +12,6 @@ from .deformable_sampling import (
     compute_sampling_locations,
     project_heads,
 )
-from .linear import Linear
 
 __all__ = ["MultiScaleDeformableAttention", "init_sampling_offsets"]
 
@@ -83,10 +82,10 @@ class MultiScaleDeformableAttention(nn.Module):
         self.num_levels = num_levels
         self.num_points = num_points
 
-        self.sampling_offsets = Linear(embed_dim, num_heads * num_levels * num_points * 2)
-        self.attention_weights = Linear(embed_dim, num_heads * num_levels * num_points)
-        self.value_proj = Linear(embed_dim, embed_dim)
-        self.output_proj = Linear(embed_dim, embed_dim)
+        self.sampling_offsets = nn.Linear(embed_dim, num_heads * num_levels * num_points * 2)
+        self.attention_weights = nn.Linear(embed_dim, num_heads * num_levels * num_points)
+        self.value_proj = nn.Linear(embed_dim, embed_dim)
+        self.output_proj = nn.Linear(embed_dim, embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.init_weights()
 

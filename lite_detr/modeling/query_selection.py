@@ -6,7 +6,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from lite_detr.layers import Linear, box_sine_embedding
+from lite_detr.layers import box_sine_embedding
 
 from .level_shapes import level_shapes
 
@@ -84,7 +84,7 @@ class ProposalEmbedding(nn.Module):
     def __init__(self, embed_dim: int = 256):
         super().__init__()
         self.embed_dim = embed_dim
-        self.pos_trans = Linear(2 * embed_dim, 2 * embed_dim)
+        self.pos_trans = nn.Linear(2 * embed_dim, 2 * embed_dim)
         self.pos_trans_norm = nn.LayerNorm(2 * embed_dim)
 
     def forward(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lite_detr.layers import FFN, Linear
+from lite_detr.layers import FFN, TokenChunkedFFN
 
 
 @pytest.mark.parametrize(
@@ -33,17 +33,30 @@ def test_ffn_bad_arguments():
 
 @pytest.mark.parametrize("shape", [(1, 5000, 16), (2, 1300, 16), (2100, 16)])
 def test_inference_in_token_chunks_gives_bitwise_the_same_output(shape, monkeypatch):
-    """CPU inference on many tokens runs the FFN a chunk of tokens at a time (the hidden stays in
-    the cache): the same sums row by row, so bitwise the same output as all at once (with the
-    same GEMM for both: here MKL's, since oneDNN takes only the all-at-once rows)."""
-    monkeypatch.setattr(Linear, "onednn_at_inference", False)
+    """TokenChunkedFFN runs CPU inference on many tokens a chunk of tokens at a time (the hidden
+    stays in the cache): the same sums row by row, so bitwise FFN's output (with the same GEMM
+    for both: the plain nn.Linear's)."""
+    monkeypatch.setattr(TokenChunkedFFN, "chunk", 512)
     torch.manual_seed(0)
     ffn = FFN(embed_dim=16, feedforward_dim=64).eval()
-    ffn.inference_chunk = 512
     x = torch.randn(shape)
+    calls = []
+    ffn.linear1.register_forward_hook(lambda m, i, o: calls.append(o.shape[:-1].numel()))
     with torch.no_grad():
-        chunked = ffn(x)
-        ffn.inference_chunk = 0
         whole = ffn(x)
+        ffn.__class__ = TokenChunkedFFN
+        chunked = ffn(x)
+    rows = x.numel() // 16
+    assert calls == [rows, *[min(512, rows - i) for i in range(0, rows, 512)]]
     assert chunked.shape == whole.shape == x.shape
     assert torch.equal(chunked, whole)
+
+
+def test_token_chunks_only_without_autograd(monkeypatch):
+    """With autograd (training) TokenChunkedFFN is FFN: all tokens at once."""
+    monkeypatch.setattr(TokenChunkedFFN, "chunk", 512)
+    ffn = TokenChunkedFFN(embed_dim=16, feedforward_dim=64)
+    calls = []
+    ffn.linear1.register_forward_hook(lambda m, i, o: calls.append(o.shape[:-1].numel()))
+    ffn(torch.randn(2100, 16, requires_grad=True)).sum().backward()
+    assert calls == [2100] and ffn.linear1.weight.grad is not None

@@ -1,5 +1,5 @@
-"""Backbones and adapters: detectron2's ResNet, Swin Transformer, BatchNorm folding at inference,
-the multi-scale neck."""
+"""Backbones and adapters: detectron2's ResNet, Swin Transformer, the multi-scale neck, and
+BatchNorm folding for inference (a deployment step: :mod:`lite_detr.deploy`)."""
 
 from .batchnorm_folding import (
     BatchNormFoldedConv2d,

@@ -1,4 +1,6 @@
-"""BatchNorm folded into the preceding convolution at inference, for detectron2 backbones.
+"""BatchNorm folded into the preceding convolution at inference, for detectron2 backbones: a
+deployment step (:func:`lite_detr.deploy.optimize_for_cpu_inference` applies it); the detectors
+build plain detectron2 ``Conv2d`` + BatchNorm.
 
 A conv followed by an inference-mode BatchNorm is one affine map per output channel:
 ``BN(conv(x, W) + b) = conv(x, W * s) + (b - mean) * s + beta`` with

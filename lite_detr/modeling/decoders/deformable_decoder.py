@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 from torch import Tensor, nn
 
-from lite_detr.layers import FFN, MLP, Linear, box_sine_embedding, build_deformable_attention
+from lite_detr.layers import FFN, MLP, box_sine_embedding, build_deformable_attention
 from lite_detr.layers.attention_registry import check_attention_type
 
 from ..box_ops import inverse_sigmoid
@@ -202,7 +202,7 @@ class DeformableDecoder(nn.Module):
             self.ref_point_head = MLP(2 * embed_dim, embed_dim, embed_dim, 2)
         self.norm = nn.LayerNorm(embed_dim) if final_norm else None
 
-        class_embed = Linear(embed_dim, num_classes + num_ranking_only_classes)
+        class_embed = nn.Linear(embed_dim, num_classes + num_ranking_only_classes)
         nn.init.constant_(class_embed.bias, -math.log((1 - 0.01) / 0.01))  # prior prob 0.01
         bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
         nn.init.zeros_(bbox_embed.layers[-1].weight)

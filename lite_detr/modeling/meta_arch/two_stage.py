@@ -21,9 +21,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
 from lite_detr.checkpoint import VariantTag  # defined with the checkpointer
-from lite_detr.layers import ATTENTION_TYPES, MLP, Linear
+from lite_detr.layers import ATTENTION_TYPES, MLP
 
-from ..backbone import fold_batchnorm_at_inference
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..interfaces import check_decoder, check_encoder
 from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
@@ -155,9 +154,6 @@ class TwoStageDeformableDETR(nn.Module):
         if len(pixel_mean) != 3 or len(pixel_std) != 3:
             raise ValueError(f"{name}: pixel_mean and pixel_std must have 3 (RGB) values")
         self.backbone = backbone
-        # at inference the backbone's BatchNorms are folded into its convs, channels-last (same
-        # parameters and state dict; training unchanged)
-        fold_batchnorm_at_inference(backbone)
         self.neck = neck
         self.position_embedding = position_embedding
         self.encoder = encoder
@@ -174,9 +170,9 @@ class TwoStageDeformableDETR(nn.Module):
 
         self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
         # two-stage proposals: a projection of the memory, a classifier and a box head
-        self.enc_output = Linear(embed_dim, embed_dim)
+        self.enc_output = nn.Linear(embed_dim, embed_dim)
         self.enc_output_norm = nn.LayerNorm(embed_dim)
-        self.enc_class_embed = Linear(embed_dim, num_classes + num_ranking_only_classes)
+        self.enc_class_embed = nn.Linear(embed_dim, num_classes + num_ranking_only_classes)
         self.enc_bbox_embed = MLP(embed_dim, embed_dim, 4, 3)
         tags = {"encoder": encoder.variant, "decoder": decoder.cross_attention}
         if num_ranking_only_classes:  # heads of K + U rows: refused by models of K rows

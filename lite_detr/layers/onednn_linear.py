@@ -1,5 +1,7 @@
 """
-``nn.Linear`` that runs through oneDNN at CPU inference.
+``nn.Linear`` that runs through oneDNN at CPU inference: a deployment variant, made from a
+model's plain ``nn.Linear`` layers by :func:`lite_detr.deploy.optimize_for_cpu_inference`; the
+modeling code builds plain ``nn.Linear``.
 
 PyTorch computes a float32 linear on the CPU with MKL's GEMM. On the AMD CPUs of this project's
 2-core test machines MKL runs its generic ("def ... zen") kernel, while oneDNN, which already
@@ -10,7 +12,7 @@ through oneDNN"). The encoder of an 800x1333 image applies ~30 linears to 5523-2
 the two-stage head 3 more.
 
 Only the forward changes, and only in eager CPU inference; the results differ from MKL's by
-float rounding (another summation order). Training, autograd, tracing (fvcore's FLOP counter),
+float rounding (another summation order). Autograd, tracing (fvcore's FLOP counter),
 scripting, ``torch.compile``, ONNX export and every other device run ``F.linear``, so exported
 graphs and FLOP counts hold a plain linear.
 """
@@ -19,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Linear", "eager_cpu_inference"]
+__all__ = ["OneDNNLinear", "eager_cpu_inference"]
 
 
 def eager_cpu_inference(x: torch.Tensor) -> bool:
@@ -35,23 +37,21 @@ def eager_cpu_inference(x: torch.Tensor) -> bool:
     )
 
 
-class Linear(nn.Linear):
+class OneDNNLinear(nn.Linear):
     """
     ``nn.Linear`` (same parameters, state dict and initialisation) whose eager CPU inference on
     at least :attr:`onednn_min_rows` float32 rows and :attr:`onednn_min_features` outputs runs
     as a oneDNN 1x1 convolution; smaller ones (the decoder's 900 queries, a 4-channel box
-    output) are as fast or faster in MKL and stay there. ``Linear.onednn_at_inference = False``
-    turns the path off for every layer (the benchmark's "before" rows).
+    output) are as fast or faster in MKL and stay there. Made from an existing ``nn.Linear`` by
+    changing its class (:func:`lite_detr.deploy.optimize_for_cpu_inference`).
     """
 
-    onednn_at_inference: bool = True
     onednn_min_rows: int = 1024
     onednn_min_features: int = 64
 
     def _through_onednn(self, x: torch.Tensor) -> bool:
         return (
-            self.onednn_at_inference
-            and eager_cpu_inference(x)  # first: a traced graph must not depend on the checks
+            eager_cpu_inference(x)  # first: a traced graph must not depend on the checks
             and x.dim() >= 2
             and x.dtype == torch.float32
             and self.weight.dtype == torch.float32

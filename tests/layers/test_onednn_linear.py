@@ -1,9 +1,12 @@
+"""OneDNNLinear (a deployment variant of nn.Linear): a oneDNN 1x1 convolution at eager CPU
+inference on many rows, the plain linear everywhere else."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lite_detr.layers import Linear
+from lite_detr.layers import OneDNNLinear
 
 needs_onednn = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
@@ -12,14 +15,14 @@ needs_onednn = pytest.mark.skipif(
 
 def _layer(in_features=32, out_features=96, seed=0):
     torch.manual_seed(seed)
-    layer = Linear(in_features, out_features)
+    layer = OneDNNLinear(in_features, out_features)
     nn.init.normal_(layer.bias)  # a bias that is not zero, so that adding it is checked
     return layer
 
 
 @pytest.fixture
 def convolutions(monkeypatch):
-    """The shapes of the convolutions that Linear runs."""
+    """The shapes of the convolutions that OneDNNLinear runs."""
     calls = []
     conv2d = F.conv2d
 
@@ -55,25 +58,21 @@ def test_input_that_is_not_row_major(convolutions):
 
 
 def test_inference_mode_and_no_bias():
-    layer = Linear(32, 96, bias=False)
+    layer = OneDNNLinear(32, 96, bias=False)
     x = torch.randn(3000, 32)
     with torch.inference_mode():
         out = layer(x)
     torch.testing.assert_close(out, x @ layer.weight.t(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "case", ["autograd", "few rows", "few outputs", "float64", "switched off", "tracing"]
-)
-def test_everything_else_is_bitwise_f_linear(case, convolutions, monkeypatch):
-    """Training, small layers, other dtypes, the global switch and traced graphs (FLOP counts,
-    ONNX) run the plain linear."""
+@pytest.mark.parametrize("case", ["autograd", "few rows", "few outputs", "float64", "tracing"])
+def test_everything_else_is_bitwise_f_linear(case, convolutions):
+    """Training, small layers, other dtypes and traced graphs (FLOP counts, ONNX) run the plain
+    linear."""
     layer = _layer(out_features=8 if case == "few outputs" else 96)
     x = torch.randn(1000 if case == "few rows" else 2048, 32)
     if case == "float64":
         layer, x = layer.double(), x.double()
-    if case == "switched off":
-        monkeypatch.setattr(Linear, "onednn_at_inference", False)
     if case == "autograd":
         x.requires_grad_(True)
         out = layer(x)
@@ -92,7 +91,7 @@ def test_everything_else_is_bitwise_f_linear(case, convolutions, monkeypatch):
 
 
 def test_same_parameters_and_state_dict_as_nn_linear():
-    layer = Linear(16, 64)
+    layer = OneDNNLinear(16, 64)
     plain = nn.Linear(16, 64)
     assert isinstance(layer, nn.Linear)
     assert layer.state_dict().keys() == plain.state_dict().keys()

@@ -25,6 +25,8 @@ class DINO(TwoStageDeformableDETR):
     """
 
     positional_queries = "reference_boxes"
+    # the release draws tgt_embed from a normal first; its Xavier pass overrides that
+    xavier_query_modules = ("tgt_embed",)
 
     def __init__(self, *, denoising: nn.Module | None = None, num_queries: int = 900, **kwargs):
         """
@@ -52,8 +54,6 @@ class DINO(TwoStageDeformableDETR):
         # mixed query selection: one learned content query per selected proposal
         self.tgt_embed = nn.Embedding(num_queries, self.embed_dim)
         self._modules["variant_tag"] = self._modules.pop("variant_tag")
-        # the release draws tgt_embed from a normal first; the Xavier pass overrides it
-        self._reset_parameters([self.tgt_embed])
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Learned content queries, the same for every image (the decoder makes the positional

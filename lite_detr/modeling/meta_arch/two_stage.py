@@ -42,13 +42,26 @@ def has_padding(images: ImageList) -> bool:
 PRIOR_PROB = 0.01
 
 
-class TwoStageDeformableDETR(nn.Module):
+class _InitialisedOnConstruction(type(nn.Module)):
+    """Runs :meth:`TwoStageDeformableDETR.reset_parameters` once the outermost ``__init__`` has
+    returned, i.e. after the subclass has created its modules: no detector exists half
+    initialised (``level_embeds`` is ``torch.empty`` until then), and no subclass has to
+    remember a call at the end of its constructor."""
+
+    def __call__(cls, *args, **kwargs):
+        model = super().__call__(*args, **kwargs)
+        model.reset_parameters()
+        return model
+
+
+class TwoStageDeformableDETR(nn.Module, metaclass=_InitialisedOnConstruction):
     """Base of the two-stage deformable DETRs; not registered, a detector subclasses it.
 
     A subclass implements :meth:`content_queries` (and :meth:`position_queries` if the decoder
     does not make them from the boxes) for the selected proposals, creates the modules it needs
-    after ``super().__init__()`` and ends its constructor with
-    ``self._reset_parameters(those modules)``; it may extend :meth:`forward_training`. The
+    after ``super().__init__()`` and names in :attr:`xavier_query_modules` those that get the
+    transformer's Xavier init; :meth:`reset_parameters` runs when construction ends. It may
+    extend :meth:`forward_training`. The
     encoder and decoder must follow :class:`~lite_detr.modeling.interfaces.MultiScaleEncoder` and
     :class:`~lite_detr.modeling.interfaces.QueryDecoder` (checked here), and the decoder's
     ``positional_queries`` must be the subclass's :attr:`positional_queries`.
@@ -57,6 +70,9 @@ class TwoStageDeformableDETR(nn.Module):
     #: what the decoder's ``positional_queries`` must be: "input" if :meth:`position_queries`
     #: returns them
     positional_queries: str = "reference_boxes"
+    #: attribute names of the subclass's query modules that :meth:`reset_parameters` gives the
+    #: transformer's Xavier init (those the release keeps inside its transformer)
+    xavier_query_modules: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -172,6 +188,7 @@ class TwoStageDeformableDETR(nn.Module):
         self.num_ranking_only_classes = num_ranking_only_classes
         self.size_divisibility = size_divisibility
 
+        # drawn by reset_parameters, when the subclass's construction ends
         self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
         # two-stage proposals: a projection of the memory, a classifier and a box head
         self.enc_output = Linear(embed_dim, embed_dim)
@@ -185,12 +202,14 @@ class TwoStageDeformableDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
-    def _reset_parameters(self, query_modules: Sequence[nn.Module] = ()) -> None:
+    def reset_parameters(self) -> None:
         """The initialisation of Deformable DETR's and DINO's releases: Xavier on every
         transformer weight with more than one dimension (encoder, decoder without its heads,
-        proposal projection, then ``query_modules``, the subclass's query modules), then the
+        proposal projection, then the subclass's :attr:`xavier_query_modules`), then the
         attention modules' own init (offsets), a normal level embedding, and the proposal heads
-        started as the decoder's (prior 0.01, zero box deltas)."""
+        started as the decoder's (prior 0.01, zero box deltas). Runs when construction ends;
+        the backbone, neck and the other modules keep their own init."""
+        query_modules = [getattr(self, name) for name in self.xavier_query_modules]
         heads = {
             id(p)
             for head in (self.decoder.class_embed, self.decoder.bbox_embed)

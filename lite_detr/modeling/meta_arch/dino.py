@@ -47,13 +47,8 @@ class DINO(TwoStageDeformableDETR):
                 f"denoising.num_classes={denoising.num_classes}"
             )
         self.denoising = denoising
-        # the release's module order, which fixes the parameter order (and with it the summation
-        # order of gradient clipping's total norm): denoising before the proposal heads
-        for key in ("enc_output", "enc_output_norm", "enc_class_embed", "enc_bbox_embed"):
-            self._modules[key] = self._modules.pop(key)
         # mixed query selection: one learned content query per selected proposal
         self.tgt_embed = nn.Embedding(num_queries, self.embed_dim)
-        self._modules["variant_tag"] = self._modules.pop("variant_tag")
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Learned content queries, the same for every image (the decoder makes the positional

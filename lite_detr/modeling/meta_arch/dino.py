@@ -6,8 +6,7 @@ import torch
 from detectron2.modeling import META_ARCH_REGISTRY
 from torch import Tensor, nn
 
-from lite_detr.checkpoint import VariantTag  # defined with the checkpointer; re-exported here
-
+from ..variant_tag import VariantTag  # re-exported: its import path before modeling/variant_tag.py
 from .two_stage import TwoStageDeformableDETR
 
 __all__ = ["DINO", "LiteDINO", "VariantTag"]

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from lite_detr.checkpoint import VariantTag  # defined with the checkpointer
 from lite_detr.layers import ATTENTION_TYPES, MLP, Linear
 
 from ..backbone import fold_batchnorm_at_inference
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..interfaces import check_decoder, check_encoder
 from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
+from ..variant_tag import VariantTag
 
 __all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding"]
 

@@ -64,7 +64,7 @@ from lite_detr.export import BOX_TOLERANCE, SCORE_TOLERANCE
 from lite_detr.layers import FFN, Linear, key_aware_attention, multi_scale_deform_attn
 from lite_detr.layers.deformable_sampling import compute_sampling_locations
 from lite_detr.modeling.backbone import fold_batchnorm_at_inference
-from lite_detr.modeling.meta_arch.two_stage import has_padding, output_sizes
+from lite_detr.modeling.meta_arch.two_stage import has_padding, requested_sizes
 from lite_detr.ops import compiled_ops_available
 from lite_detr.utils.malloc import freed_memory_reused
 
@@ -156,7 +156,7 @@ def detect(model, inputs, skip_padding_mask):
     enc = model.encode(*model.extract_features(images), padded=padded)
     content, ref_unsig, _ = model.select_queries(enc)
     logits, boxes = model.decode(enc, content, ref_unsig)
-    sizes = output_sizes(inputs, images)
+    sizes = requested_sizes(inputs, images)
     detections = model.postprocess(logits[-1], boxes[-1], sizes)
     return model.inference(detections, sizes), ref_unsig
 

@@ -28,10 +28,10 @@ from ..interfaces import check_decoder, check_encoder
 from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
 from ..variant_tag import VariantTag
 
-__all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding", "output_sizes"]
+__all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding", "requested_sizes"]
 
 
-def output_sizes(batched_inputs: List[Dict], images: ImageList) -> List[Tuple[int, int]]:
+def requested_sizes(batched_inputs: List[Dict], images: ImageList) -> List[Tuple[int, int]]:
     """The (height, width) each input asks its detections in: its "height" / "width", or the
     image's own size."""
     return [
@@ -530,7 +530,7 @@ class TwoStageDeformableDETR(nn.Module, metaclass=_InitialisedOnConstruction):
         """
         images = self.preprocess_image(batched_inputs)
         if not self.training:
-            sizes = output_sizes(batched_inputs, images)
+            sizes = requested_sizes(batched_inputs, images)
             return self.inference(self.detect(images, sizes), sizes)
         targets = self.prepare_targets(batched_inputs, images)
         enc = self.encode(*self.extract_features(images), padded=has_padding(images))

@@ -230,6 +230,7 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 )
         if self._strict:
             self._check_same_model(self._preloaded[0], state)
+            self._check_optimizer_fits(self._preloaded[0], checkpoint.get("optimizer"))
         return super()._load_model(checkpoint)
 
     def _check_same_model(self, path: str, state: Mapping) -> None:
@@ -256,6 +257,30 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 f"{os.path.join(self.save_dir, 'config.yaml')}); to start from these weights "
                 "with another model, pass train.init_checkpoint=... with a new train.output_dir."
             )
+
+    def _check_optimizer_fits(self, path: str, saved) -> None:
+        """The saved optimizer state holds per-parameter tensors (AdamW's moments) by position;
+        torch's ``load_state_dict`` checks only the group lengths, so a model whose parameters
+        come in another order would resume with moments of other parameters and fail at the
+        first step. Refuse it here, naming the first misfit."""
+        optimizer = self.checkpointables.get("optimizer")
+        if optimizer is None or not isinstance(saved, Mapping):
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, state in saved.get("state", {}).items():
+            if not isinstance(index, int) or index >= len(params):
+                continue
+            for key, value in state.items():
+                shape = tuple(params[index].shape)
+                if torch.is_tensor(value) and value.dim() and tuple(value.shape) != shape:
+                    raise CheckpointError(
+                        f"Cannot resume from {path}: its optimizer state does not fit this "
+                        f"model's parameters (parameter {index}: {key} of shape "
+                        f"{tuple(value.shape)}, the parameter is {shape}): the parameters come "
+                        "in another order than in the run that wrote it. Start the run over, or "
+                        "pass its weights as train.init_checkpoint=... with a new "
+                        "train.output_dir."
+                    )
 
 
 _MAGIC = {

@@ -13,6 +13,7 @@ normal install (an editable one reads them in place).
 """
 
 import glob
+import json
 import os
 import sys
 
@@ -47,9 +48,9 @@ def build_with_cuda() -> bool:
     return torch.cuda.is_available() and CUDA_HOME is not None
 
 
-# our compiler flags; ops/cuda_check.py compiles the CUDA sources with these too
-CXX_FLAGS = ["-O3", "-fopenmp"]
-NVCC_FLAGS = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+# our compiler flags, in a data file that ops/cuda_check.py reads too
+with open(os.path.join(ROOT, "ops", "compiler_flags.json")) as f:
+    FLAGS = json.load(f)
 
 
 def get_extensions(with_cuda: bool | None = None):
@@ -57,17 +58,17 @@ def get_extensions(with_cuda: bool | None = None):
     sources = _sources("ops/*.cpp", "ops/cpu/*.cpp", "ops/cpu/avx2/*.cpp")
     if not sources:
         sys.exit("lite_detr: no C++ sources found under ops/; the checkout is incomplete.")
-    extra_compile_args = {"cxx": list(CXX_FLAGS)}
-    extra_link_args = ["-fopenmp"]
+    extra_compile_args = {"cxx": list(FLAGS["cxx"])}
+    extra_link_args = list(FLAGS["link"])
     if build_with_cuda() if with_cuda is None else with_cuda:
         sources += _sources("ops/cuda/*.cu", "ops/cuda/*.cpp")
-        extra_compile_args["nvcc"] = list(NVCC_FLAGS)
+        extra_compile_args["nvcc"] = list(FLAGS["nvcc"])
         return [
             CUDAExtension(
                 "lite_detr._C",
                 sources,
                 include_dirs=[os.path.join(ROOT, "ops")],
-                define_macros=[("WITH_CUDA", None)],
+                define_macros=[(name, None) for name in FLAGS["cuda_macros"]],
                 extra_compile_args=extra_compile_args,
                 extra_link_args=extra_link_args,
             )

@@ -19,15 +19,15 @@ import argparse
 import os
 import statistics
 import time
-import warnings
 
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
+# isort: split
+import torch
+from detectron2.config import instantiate
 
-import lite_detr.data  # noqa: E402,F401  (registers shapes_train)
-from lite_detr.config import load_config  # noqa: E402
+import lite_detr.data  # noqa: F401  (registers shapes_train)
+from lite_detr.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py")

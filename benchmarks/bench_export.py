@@ -40,6 +40,9 @@ import statistics
 import tempfile
 import time
 
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
+
+# isort: split
 import torch
 from detectron2.config import instantiate
 

@@ -57,6 +57,9 @@ import statistics
 import time
 import types
 
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
+
+# isort: split
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.layers import FrozenBatchNorm2d
@@ -73,7 +76,7 @@ from lite_detr.layers import (
 )
 from lite_detr.layers.deformable_sampling import compute_sampling_locations
 from lite_detr.modeling.backbone import fold_batchnorm_at_inference
-from lite_detr.modeling.meta_arch.two_stage import has_padding
+from lite_detr.modeling.meta_arch.two_stage import has_padding, requested_sizes
 from lite_detr.ops import compiled_ops_available
 from lite_detr.utils.malloc import freed_memory_reused
 
@@ -155,8 +158,9 @@ def detect(model, inputs, skip_padding_mask):
     enc = model.encode(*model.extract_features(images), padded=padded)
     content, ref_unsig, _ = model.select_queries(enc)
     logits, boxes = model.decode(enc, content, ref_unsig)
-    outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-    return model.inference(outputs, images, inputs), ref_unsig
+    sizes = requested_sizes(inputs, images)
+    detections = model.postprocess(logits[-1], boxes[-1], sizes)
+    return model.inference(detections, sizes), ref_unsig
 
 
 class StageTimer:

@@ -24,6 +24,9 @@ import os
 import statistics
 import time
 
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
+
+# isort: split
 import torch
 from detectron2.config import LazyConfig, instantiate
 from detectron2.utils.analysis import FlopCountAnalysis

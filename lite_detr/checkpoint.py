@@ -1,21 +1,21 @@
 """
 Checkpointer that writes atomically, resumes from the newest intact checkpoint and refuses
-weights of another encoder variant (:class:`VariantTag`) or, when resuming, of another model.
+weights of another encoder variant (the model's
+:class:`~lite_detr.modeling.variant_tag.VariantTag`) or, when resuming, of another model.
 """
 
-import json
 import logging
 import os
 import re
 from collections.abc import Mapping
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from lite_detr.modeling.variant_tag import VariantMismatchError, VariantTag
 from lite_detr.utils import atomic_write, remove_stale_temporaries
 
 __all__ = ["CheckpointError", "LiteDetrCheckpointer", "VariantMismatchError", "VariantTag"]
@@ -32,66 +32,6 @@ _LAST = "last_checkpoint"
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file and the fix."""
-
-
-class VariantMismatchError(CheckpointError):
-    """A checkpoint of another architecture variant (:meth:`VariantTag.check`). The message names
-    both variants; unlike the other :class:`CheckpointError` it does not name the file, which
-    ``model.load_state_dict`` does not know."""
-
-
-class VariantTag(nn.Module):
-    """Architecture strings kept in the state dict, so that weights of one variant never load
-    silently into another (e.g. an H2L2 checkpoint into an H3L1 model: same parameter names and
-    shapes, other outputs).
-
-    The tags are stored as the module's ``_extra_state`` (a uint8 tensor of JSON, so that
-    detectron2's checkpointer can handle it); :meth:`set_extra_state` raises
-    :class:`VariantMismatchError` on a mismatch, which makes a plain ``model.load_state_dict``
-    fail too.
-    """
-
-    # human-readable names used in error messages
-    _NAMES = {
-        "encoder": "encoder variant",
-        "decoder": "decoder cross-attention",
-        "ranking_only_classes": "ranking-only class rows (model.num_ranking_only_classes)",
-    }
-
-    def __init__(self, **tags: str):
-        super().__init__()
-        self.tags = dict(tags)
-
-    @staticmethod
-    def decode(state: Tensor) -> Dict[str, str]:
-        return json.loads(bytes(state.cpu().to(torch.uint8).tolist()).decode("utf-8"))
-
-    def get_extra_state(self) -> Tensor:
-        data = json.dumps(self.tags, sort_keys=True).encode("utf-8")
-        return torch.tensor(list(data), dtype=torch.uint8)
-
-    def check(self, state: Tensor) -> None:
-        """Raise :class:`VariantMismatchError` naming both variants if ``state`` (a saved tag)
-        differs from ours."""
-        saved = self.decode(state)
-        keys = [k for k in self._NAMES if k in saved or k in self.tags]
-        keys += sorted((set(saved) | set(self.tags)) - set(keys))
-        problems = [
-            f"checkpoint {self._NAMES.get(k, k)} {saved.get(k)!r} does not match the config's "
-            f"{self.tags.get(k)!r}"
-            for k in keys
-            if saved.get(k) != self.tags.get(k)
-        ]
-        if problems:
-            raise VariantMismatchError(
-                "; ".join(problems) + " (load weights of the same variant, or change the config)"
-            )
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.check(state)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.tags.items())
 
 
 class LiteDetrCheckpointer(DetectionCheckpointer):
@@ -290,6 +230,7 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 )
         if self._strict:
             self._check_same_model(self._preloaded[0], state)
+            self._check_optimizer_fits(self._preloaded[0], checkpoint.get("optimizer"))
         return super()._load_model(checkpoint)
 
     def _check_same_model(self, path: str, state: Mapping) -> None:
@@ -316,6 +257,30 @@ class LiteDetrCheckpointer(DetectionCheckpointer):
                 f"{os.path.join(self.save_dir, 'config.yaml')}); to start from these weights "
                 "with another model, pass train.init_checkpoint=... with a new train.output_dir."
             )
+
+    def _check_optimizer_fits(self, path: str, saved) -> None:
+        """The saved optimizer state holds per-parameter tensors (AdamW's moments) by position;
+        torch's ``load_state_dict`` checks only the group lengths, so a model whose parameters
+        come in another order would resume with moments of other parameters and fail at the
+        first step. Refuse it here, naming the first misfit."""
+        optimizer = self.checkpointables.get("optimizer")
+        if optimizer is None or not isinstance(saved, Mapping):
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index, state in saved.get("state", {}).items():
+            if not isinstance(index, int) or index >= len(params):
+                continue
+            for key, value in state.items():
+                shape = tuple(params[index].shape)
+                if torch.is_tensor(value) and value.dim() and tuple(value.shape) != shape:
+                    raise CheckpointError(
+                        f"Cannot resume from {path}: its optimizer state does not fit this "
+                        f"model's parameters (parameter {index}: {key} of shape "
+                        f"{tuple(value.shape)}, the parameter is {shape}): the parameters come "
+                        "in another order than in the run that wrote it. Start the run over, or "
+                        "pass its weights as train.init_checkpoint=... with a new "
+                        "train.output_dir."
+                    )
 
 
 _MAGIC = {

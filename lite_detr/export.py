@@ -70,9 +70,9 @@ class InferenceDetector(nn.Module):
     ``forward(image)``: image (3, H, W) float32, 0-255, in the model's input format (RGB for
     the configs of this repository), H and W multiples of the model's size divisibility (no
     padding is added). Returns ``boxes`` (K, 4) XYXY in input pixels, ``scores`` (K,) and
-    ``labels`` (K,) int64: the model's top-k detections (:meth:`DINO.inference`: K =
-    ``select_box_nums_for_evaluation``, no clipping, as the released DINO; fewer when a model
-    with ranking-only class rows drops theirs). With
+    ``labels`` (K,) int64: the model's top-k detections, from the model's own inference path
+    (:meth:`TwoStageDeformableDETR.detect`: K = ``select_box_nums_for_evaluation``, no clipping,
+    as the released DINO; fewer when a model with ranking-only class rows drops theirs). With
     ``return_selection`` also the query selection: the proposal scores (S,) and the selected
     tokens (Q,) (for :func:`compare_with_pytorch`).
     """
@@ -90,36 +90,41 @@ class InferenceDetector(nn.Module):
 
     def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         m = self.model
-        enc = _encode(m, image)
         if not self.return_selection:
-            content, ref_unsig, _ = m.select_queries(enc)
-            return _detect(m, enc, content, ref_unsig, image.shape[-2:])
-        # as select_queries, keeping the proposal scores and the selected tokens
+            return m.detect(_image_list(m, image))[0]
+        # as TwoStageDeformableDETR.detect, keeping the proposal scores and the selected tokens
+        enc = _encode(m, image)
         logits, coords_unsig = m.proposals(enc)
-        scores = m.proposal_scores(logits)
-        selected = torch.topk(scores, m.num_queries, dim=1)[1]
-        ref_unsig, _ = m.gather_proposals(logits, coords_unsig, selected)
-        content = m.content_queries(ref_unsig, enc["memory"])
-        return (*_detect(m, enc, content, ref_unsig, image.shape[-2:]), scores[0], selected[0])
+        selected = m.top_tokens(logits, m.num_queries)
+        detections = _detect(m, enc, logits, coords_unsig, selected, image.shape[-2:])
+        return (*detections, m.proposal_scores(logits)[0], selected[0])
+
+
+def _image_list(model: TwoStageDeformableDETR, image: Tensor) -> ImageList:
+    """One image (3, H, W), normalised, as a batch of its own size (no padding)."""
+    return ImageList(model.normalize(image)[None], [tuple(image.shape[-2:])])
 
 
 def _encode(model: TwoStageDeformableDETR, image: Tensor) -> Dict:
-    h, w = image.shape[-2:]
-    x = (image.to(model.pixel_mean.dtype) - model.pixel_mean) / model.pixel_std
     # one unpadded image: no key padding mask
-    return model.encode(*model.extract_features(ImageList(x[None], [(h, w)])), padded=False)
+    return model.encode(*model.extract_features(_image_list(model, image)), padded=False)
 
 
 def _detect(
-    model: TwoStageDeformableDETR, enc: Dict, content: Tensor, ref_unsig: Tensor, size
-) -> Tuple:
-    """Decode the queries and return one image's (boxes in pixels, scores, labels)."""
-    h, w = size
+    model: TwoStageDeformableDETR,
+    enc: Dict,
+    logits: Tensor,
+    coords_unsig: Tensor,
+    selected: Tensor,
+    size: Tuple[int, int],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One image's detections (:meth:`TwoStageDeformableDETR.postprocess`: boxes in pixels,
+    scores, labels) decoded from the proposals (``logits``, ``coords_unsig`` of
+    :meth:`~TwoStageDeformableDETR.proposals`) of the tokens ``selected`` (1, Q)."""
+    ref_unsig, _ = model.gather_proposals(logits, coords_unsig, selected)
+    content = model.content_queries(ref_unsig, enc["memory"])
     logits, boxes = model.decode(enc, content, ref_unsig)
-    scores, labels, boxes = model.select_detections(logits[-1], boxes[-1])
-    scores, labels, boxes = model.real_detections(scores[0], labels[0], boxes[0])
-    scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
-    return boxes * scale, scores, labels
+    return model.postprocess(logits[-1], boxes[-1], [size])[0]
 
 
 def _divisibility(model: nn.Module) -> int:
@@ -358,11 +363,10 @@ def compare_with_pytorch(
     enc = _encode(m, image)
     logits, coords_unsig = m.proposals(enc)
     scores = m.proposal_scores(logits)
-    selected = torch.topk(scores, m.num_queries, dim=1)[1]
+    selected = m.top_tokens(logits, m.num_queries)
 
     def detections(sel: Tensor) -> Tuple:
-        ref_unsig, _ = m.gather_proposals(logits, coords_unsig, sel)
-        return _detect(m, enc, m.content_queries(ref_unsig, enc["memory"]), ref_unsig, size)
+        return _detect(m, enc, logits, coords_unsig, sel, size)
 
     result = _match(detections(selected), actual, where, name)
     error = result.pop("error")

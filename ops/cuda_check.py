@@ -2,8 +2,9 @@
 """Compile the CUDA sources of ``lite_detr._C`` with nvcc, without a GPU (``make cuda-check``).
 
 Each ``ops/cuda/*.cu`` is compiled to an object file in a temporary directory with the flags of
-a ``setup.py`` CUDA build: the extension's own nvcc flags, macros and include directories, read
-from ``setup.get_extensions(with_cuda=True)``, and those torch's ``BuildExtension`` adds (include
+a ``setup.py`` CUDA build: the extension's own nvcc flags and macros, read from
+``ops/compiler_flags.json`` as setup.py reads them, its include directory (``ops/``), and those
+torch's ``BuildExtension`` adds (include
 paths, common nvcc flags, the arch list of ``TORCH_CUDA_ARCH_LIST``, default "9.0"). Nothing is
 linked or installed. Exits non-zero, with the compiler's output, when a source fails to compile,
 or when nvcc prints a warning about our sources.
@@ -13,7 +14,7 @@ or when nvcc prints a warning about our sources.
 
 import argparse
 import glob
-import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -27,15 +28,9 @@ OPS = os.path.dirname(os.path.abspath(__file__))
 
 def extension_flags():
     """(nvcc flags, -D macros, include dirs) of the CUDA extension that setup.py builds."""
-    path = os.path.join(os.path.dirname(OPS), "setup.py")
-    spec = importlib.util.spec_from_file_location("lite_detr_setup", path)
-    setup_module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup_module)  # defines, does not run setup()
-    (ext,) = setup_module.get_extensions(with_cuda=True)
-    macros = [
-        f"-D{name}" if value is None else f"-D{name}={value}" for name, value in ext.define_macros
-    ]
-    return ext.extra_compile_args["nvcc"], macros, ext.include_dirs
+    with open(os.path.join(OPS, "compiler_flags.json")) as f:
+        flags = json.load(f)
+    return flags["nvcc"], [f"-D{name}" for name in flags["cuda_macros"]], [OPS]
 
 
 def nvcc_command(source: str, output: str):

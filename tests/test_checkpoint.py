@@ -4,6 +4,7 @@ import re
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
+from torch import nn
 
 from lite_detr.checkpoint import (
     CheckpointError,
@@ -123,12 +124,16 @@ def test_missing_checkpoint_file_is_a_checkpoint_error(tmp_path):
         LiteDetrCheckpointer(build()).load(path)
 
 
-def test_variant_tag_lives_with_the_checkpointer_and_keeps_its_old_import_path(saved):
+def test_variant_tag_lives_with_the_model_and_keeps_its_old_import_paths(saved):
+    from lite_detr.modeling import variant_tag
     from lite_detr.modeling.meta_arch import VariantTag as from_meta_arch
     from lite_detr.modeling.meta_arch.dino import VariantTag as from_dino
 
-    assert from_dino is from_meta_arch is VariantTag
-    assert issubclass(VariantMismatchError, CheckpointError)
+    assert variant_tag.VariantTag is from_dino is from_meta_arch is VariantTag
+    assert variant_tag.VariantMismatchError is VariantMismatchError
+    # raised by model.load_state_dict, which knows no file: a model error, not a CheckpointError
+    assert issubclass(VariantMismatchError, ValueError)
+    assert not issubclass(VariantMismatchError, CheckpointError)
     path, model = saved
     # the tag is stored under the attribute name (variant_tag), wherever its class is defined
     state = torch.load(path, weights_only=False)["model"]
@@ -186,3 +191,30 @@ def test_non_checkpoint_files_name_the_file(tmp_path, saved, kind, message):
     text = str(e.value)
     assert text.startswith(str(path)) and message in text, text
     assert "\n" not in text and "pytorch.org" not in text
+
+
+def test_resume_refuses_an_optimizer_state_of_another_parameter_order(tmp_path):
+    class TwoLayers(nn.Module):
+        def __init__(self, wide_first):
+            super().__init__()
+            # same keys and shapes either way; only the registration (= optimizer) order differs
+            if wide_first:
+                self.wide, self.narrow = nn.Linear(4, 8), nn.Linear(8, 2)
+            else:
+                self.narrow, self.wide = nn.Linear(8, 2), nn.Linear(4, 8)
+
+        def forward(self, x):
+            return self.narrow(self.wide(x))
+
+    def run(wide_first):
+        model = TwoLayers(wide_first)
+        optimizer = torch.optim.AdamW(model.parameters())
+        return model, optimizer, LiteDetrCheckpointer(model, str(tmp_path), optimizer=optimizer)
+
+    model, optimizer, checkpointer = run(wide_first=True)
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    checkpointer.save("model_0000000", iteration=0)
+    run(wide_first=True)[2].resume_or_load("", resume=True)  # the same order resumes
+    with pytest.raises(CheckpointError, match="another order than in the run that wrote it"):
+        run(wide_first=False)[2].resume_or_load("", resume=True)

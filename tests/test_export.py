@@ -174,9 +174,7 @@ def _decode(model, image, selection):
     with torch.no_grad():
         enc = _encode(model, image)
         logits, coords = model.proposals(enc)
-        ref, _ = model.gather_proposals(logits, coords, selection[None])
-        content = model.content_queries(ref, enc["memory"])
-        return _detect(model, enc, content, ref, image.shape[-2:])
+        return _detect(model, enc, logits, coords, selection[None], image.shape[-2:])
 
 
 def test_compare_with_pytorch_excuses_only_selection_ties(model):

@@ -35,29 +35,27 @@ import os
 import resource
 import tempfile
 import time
-import warnings
 from typing import Dict, Sequence
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.config import instantiate  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+# isort: split
+import numpy as np
+import torch
+from detectron2.config import instantiate
+from detectron2.structures import Boxes, Instances
+from tqdm import tqdm
 
-from lite_detr.config import ConfigError, check_config, load_config  # noqa: E402
-from lite_detr.data import positive_int, sample_inputs  # noqa: E402
-from lite_detr.deploy import optimize_for_cpu_inference  # noqa: E402
-from lite_detr.engine.cli import (  # noqa: E402
+from lite_detr.config import ConfigError, check_config, load_config
+from lite_detr.data import positive_int, sample_inputs
+from lite_detr.deploy import optimize_for_cpu_inference
+from lite_detr.engine.cli import (
     add_tasks_argument,
     machine_is_busy,
     read_load,
     run_tool,
 )
-from lite_detr.export import (  # noqa: E402
+from lite_detr.export import (
     ExportError,
     InferenceDetector,
     check_input_size,
@@ -66,8 +64,8 @@ from lite_detr.export import (  # noqa: E402
     optimized_onnx_path,
     write_optimized_onnx,
 )
-from lite_detr.precision import PRECISIONS, bf16_inference, resolve_precision  # noqa: E402
-from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
+from lite_detr.precision import PRECISIONS, bf16_inference, resolve_precision
+from lite_detr.utils.malloc import reuse_freed_memory
 
 logger = logging.getLogger("lite_detr.benchmark")
 

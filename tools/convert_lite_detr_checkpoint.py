@@ -27,8 +27,8 @@ import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite
 import torch
 from detectron2.config import instantiate
 
-from lite_detr.checkpoint import VariantTag
 from lite_detr.model_zoo import get_config
+from lite_detr.modeling.variant_tag import VariantTag
 from lite_detr.released_weights import (
     RELEASED_VARIANTS,
     ConversionError,

@@ -15,25 +15,23 @@ import argparse
 import json
 import logging
 import os
-import warnings
 from typing import Dict, List
 
-# fvcore (imported by detectron2) calls torch.jit.script on import, which this torch deprecates:
-# a warning on every run that no user can act on
-warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+# isort: split
+import numpy as np
+import torch
+from detectron2.utils.visualizer import Visualizer
+from PIL import Image
+from tqdm import tqdm
 
-from lite_detr.config import ConfigError, check_device, load_config  # noqa: E402
-from lite_detr.engine import Predictor, read_rgb  # noqa: E402
-from lite_detr.engine.cli import run_tool  # noqa: E402
-from lite_detr.precision import PRECISIONS  # noqa: E402
-from lite_detr.utils import atomic_write, temporary_path  # noqa: E402
-from lite_detr.utils.malloc import reuse_freed_memory  # noqa: E402
+from lite_detr.config import ConfigError, check_device, load_config
+from lite_detr.engine import Predictor, read_rgb
+from lite_detr.engine.cli import run_tool
+from lite_detr.precision import PRECISIONS
+from lite_detr.utils import atomic_write, temporary_path
+from lite_detr.utils.malloc import reuse_freed_memory
 
 logger = logging.getLogger("lite_detr.demo")
 

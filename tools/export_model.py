@@ -25,6 +25,9 @@ import logging
 import os
 import time
 
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
+
+# isort: split
 import torch
 from detectron2.config import instantiate
 

@@ -10,8 +10,8 @@ from detectron2.structures import Boxes, Instances
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 from torch import nn
 
-from lite_detr.checkpoint import VariantTag
 from lite_detr.data import DetrDatasetMapper, register_shapes
+from lite_detr.modeling.variant_tag import VariantTag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

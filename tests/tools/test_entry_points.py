@@ -55,20 +55,7 @@ def top_level_imports(node):
     return set()
 
 
-# Scripts that issue 28 left to issue 29, which edits them in parallel: they still import
-# detectron2 first (bench_model.py prints fvcore's warning), or copy the filter themselves.
-NOT_YET = {
-    "tools/demo.py",
-    "tools/benchmark.py",
-    "tools/export_model.py",
-    "benchmarks/bench_demo_step.py",
-    "benchmarks/bench_export.py",
-    "benchmarks/bench_inference.py",
-    "benchmarks/bench_model.py",
-}
-
-
-@pytest.mark.parametrize("script", sorted(set(SCRIPTS) - NOT_YET))
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_script_imports_lite_detr_before_detectron2(script):
     """Importing lite_detr installs the filter of fvcore's import-time warning, once, in the
     package (lite_detr/__init__.py); a script that loaded detectron2 or fvcore first would print

@@ -26,6 +26,7 @@ class DeformableDETR(TwoStageDeformableDETR):
     """
 
     positional_queries = "input"
+    xavier_query_modules = ("proposal_embed",)
 
     def __init__(self, *, binary_proposals: bool = True, **kwargs):
         """
@@ -35,7 +36,6 @@ class DeformableDETR(TwoStageDeformableDETR):
         """
         super().__init__(binary_proposals=binary_proposals, **kwargs)
         self.proposal_embed = ProposalEmbedding(self.embed_dim)
-        self._reset_parameters([self.proposal_embed])
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """The last C channels of the proposals' projection (:class:`ProposalEmbedding`).

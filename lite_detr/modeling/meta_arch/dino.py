@@ -5,8 +5,7 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
-from lite_detr.checkpoint import VariantTag  # defined with the checkpointer; re-exported here
-
+from ..variant_tag import VariantTag  # re-exported: its import path before modeling/variant_tag.py
 from .two_stage import TwoStageDeformableDETR
 
 __all__ = ["DINO", "VariantTag"]
@@ -26,6 +25,8 @@ class DINO(TwoStageDeformableDETR):
     """
 
     positional_queries = "reference_boxes"
+    # the release draws tgt_embed from a normal first; its Xavier pass overrides that
+    xavier_query_modules = ("tgt_embed",)
 
     def __init__(self, *, denoising: nn.Module | None = None, num_queries: int = 900, **kwargs):
         """
@@ -46,15 +47,8 @@ class DINO(TwoStageDeformableDETR):
                 f"denoising.num_classes={denoising.num_classes}"
             )
         self.denoising = denoising
-        # the release's module order, which fixes the parameter order (and with it the summation
-        # order of gradient clipping's total norm): denoising before the proposal heads
-        for key in ("enc_output", "enc_output_norm", "enc_class_embed", "enc_bbox_embed"):
-            self._modules[key] = self._modules.pop(key)
         # mixed query selection: one learned content query per selected proposal
         self.tgt_embed = nn.Embedding(num_queries, self.embed_dim)
-        self._modules["variant_tag"] = self._modules.pop("variant_tag")
-        # the release draws tgt_embed from a normal first; the Xavier pass overrides it
-        self._reset_parameters([self.tgt_embed])
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Learned content queries, the same for every image (the decoder makes the positional

@@ -59,6 +59,8 @@ class HDETR(TwoStageDeformableDETR):
     """
 
     positional_queries = "input"
+    # tgt_embed is not one of them: see __init__
+    xavier_query_modules = ("proposal_embed",)
 
     def __init__(
         self,
@@ -92,9 +94,8 @@ class HDETR(TwoStageDeformableDETR):
         self.proposal_embed = ProposalEmbedding(self.embed_dim)
         # one learned content query per query of both groups; inference uses the first Q1. The
         # release keeps them outside its transformer, so they keep nn.Embedding's N(0, 1) init:
-        # not in the Xavier pass (which would make 1800 x 256 of them ~30x smaller)
+        # not in xavier_query_modules (Xavier would make 1800 x 256 of them ~30x smaller)
         self.tgt_embed = nn.Embedding(self.num_queries + num_queries_one2many, self.embed_dim)
-        self._reset_parameters([self.proposal_embed])
 
     def content_queries(self, ref_unsig: Tensor, memory: Tensor) -> Tensor:
         """Learned content queries: the first Q rows of ``tgt_embed`` (Q1 at inference, Q1 + Q2

@@ -20,14 +20,23 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from lite_detr.checkpoint import VariantTag  # defined with the checkpointer
 from lite_detr.layers import ATTENTION_TYPES, MLP
 
 from ..box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from ..interfaces import check_decoder, check_encoder
 from ..query_selection import gen_encoder_output_proposals, get_valid_ratio
+from ..variant_tag import VariantTag
 
-__all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding"]
+__all__ = ["TwoStageDeformableDETR", "VariantTag", "has_padding", "requested_sizes"]
+
+
+def requested_sizes(batched_inputs: List[Dict], images: ImageList) -> List[Tuple[int, int]]:
+    """The (height, width) each input asks its detections in: its "height" / "width", or the
+    image's own size."""
+    return [
+        (x.get("height", h), x.get("width", w))
+        for x, (h, w) in zip(batched_inputs, images.image_sizes)
+    ]
 
 
 def has_padding(images: ImageList) -> bool:
@@ -41,13 +50,26 @@ def has_padding(images: ImageList) -> bool:
 PRIOR_PROB = 0.01
 
 
-class TwoStageDeformableDETR(nn.Module):
+class _InitialisedOnConstruction(type(nn.Module)):
+    """Runs :meth:`TwoStageDeformableDETR.reset_parameters` once the outermost ``__init__`` has
+    returned, i.e. after the subclass has created its modules: no detector exists half
+    initialised (``level_embeds`` is ``torch.empty`` until then), and no subclass has to
+    remember a call at the end of its constructor."""
+
+    def __call__(cls, *args, **kwargs):
+        model = super().__call__(*args, **kwargs)
+        model.reset_parameters()
+        return model
+
+
+class TwoStageDeformableDETR(nn.Module, metaclass=_InitialisedOnConstruction):
     """Base of the two-stage deformable DETRs; not registered, a detector subclasses it.
 
     A subclass implements :meth:`content_queries` (and :meth:`position_queries` if the decoder
     does not make them from the boxes) for the selected proposals, creates the modules it needs
-    after ``super().__init__()`` and ends its constructor with
-    ``self._reset_parameters(those modules)``; it may extend :meth:`forward_training`. The
+    after ``super().__init__()`` and names in :attr:`xavier_query_modules` those that get the
+    transformer's Xavier init; :meth:`reset_parameters` runs when construction ends. It may
+    extend :meth:`forward_training`. The
     encoder and decoder must follow :class:`~lite_detr.modeling.interfaces.MultiScaleEncoder` and
     :class:`~lite_detr.modeling.interfaces.QueryDecoder` (checked here), and the decoder's
     ``positional_queries`` must be the subclass's :attr:`positional_queries`.
@@ -56,6 +78,9 @@ class TwoStageDeformableDETR(nn.Module):
     #: what the decoder's ``positional_queries`` must be: "input" if :meth:`position_queries`
     #: returns them
     positional_queries: str = "reference_boxes"
+    #: attribute names of the subclass's query modules that :meth:`reset_parameters` gives the
+    #: transformer's Xavier init (those the release keeps inside its transformer)
+    xavier_query_modules: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -168,6 +193,7 @@ class TwoStageDeformableDETR(nn.Module):
         self.num_ranking_only_classes = num_ranking_only_classes
         self.size_divisibility = size_divisibility
 
+        # drawn by reset_parameters, when the subclass's construction ends
         self.level_embeds = nn.Parameter(torch.empty(num_feature_levels, embed_dim))
         # two-stage proposals: a projection of the memory, a classifier and a box head
         self.enc_output = nn.Linear(embed_dim, embed_dim)
@@ -181,12 +207,14 @@ class TwoStageDeformableDETR(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
-    def _reset_parameters(self, query_modules: Sequence[nn.Module] = ()) -> None:
+    def reset_parameters(self) -> None:
         """The initialisation of Deformable DETR's and DINO's releases: Xavier on every
         transformer weight with more than one dimension (encoder, decoder without its heads,
-        proposal projection, then ``query_modules``, the subclass's query modules), then the
+        proposal projection, then the subclass's :attr:`xavier_query_modules`), then the
         attention modules' own init (offsets), a normal level embedding, and the proposal heads
-        started as the decoder's (prior 0.01, zero box deltas)."""
+        started as the decoder's (prior 0.01, zero box deltas). Runs when construction ends;
+        the backbone, neck and the other modules keep their own init."""
+        query_modules = [getattr(self, name) for name in self.xavier_query_modules]
         heads = {
             id(p)
             for head in (self.decoder.class_embed, self.decoder.bbox_embed)
@@ -221,8 +249,13 @@ class TwoStageDeformableDETR(nn.Module):
                     f"tensor, got {type(img).__name__}"
                     + (f" of shape {tuple(img.shape)}" if isinstance(img, Tensor) else "")
                 )
-            images.append((img.to(self.device).float() - self.pixel_mean) / self.pixel_std)
+            images.append(self.normalize(img))
         return ImageList.from_tensors(images, self.size_divisibility)
+
+    def normalize(self, image: Tensor) -> Tensor:
+        """(3, H, W) image, 0-255, in the model's input format -> (3, H, W) float32 normalised,
+        on the model's device."""
+        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
     def extract_features(self, images: ImageList) -> Tuple[List[Tensor], List[Tensor]]:
         """Backbone + neck.
@@ -492,14 +525,35 @@ class TwoStageDeformableDETR(nn.Module):
             pred_boxes, scores, pred_classes in the output resolution.
         """
         images = self.preprocess_image(batched_inputs)
-        targets = self.prepare_targets(batched_inputs, images) if self.training else None
+        if not self.training:
+            sizes = requested_sizes(batched_inputs, images)
+            return self.inference(self.detect(images, sizes), sizes)
+        targets = self.prepare_targets(batched_inputs, images)
         enc = self.encode(*self.extract_features(images), padded=has_padding(images))
-        if self.training:
-            return self.forward_training(enc, targets)
+        return self.forward_training(enc, targets)
+
+    def detect(
+        self, images: ImageList, output_sizes: Sequence[Tuple[int, int]] | None = None
+    ) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """The inference path, on tensors only: encoder, query selection, decoder and
+        :meth:`postprocess`. :meth:`forward` at inference, the export
+        (:class:`lite_detr.export.InferenceDetector`) and through them the predictor and the
+        tools all run it.
+
+        Args:
+            images: normalised images (:meth:`preprocess_image`, or one :meth:`normalize`-d
+                image in an ``ImageList`` of its own size).
+            output_sizes: (height, width) to scale each image's boxes to; default its
+                ``images.image_sizes``.
+
+        Returns:
+            per image, as :meth:`postprocess`: boxes (k, 4) XYXY in pixels, scores (k,),
+            labels (k,) int64.
+        """
+        enc = self.encode(*self.extract_features(images), padded=has_padding(images))
         content, ref_unsig, _ = self.select_queries(enc)
         logits, boxes = self.decode(enc, content, ref_unsig)
-        outputs = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        return self.inference(outputs, images, batched_inputs)
+        return self.postprocess(logits[-1], boxes[-1], output_sizes or images.image_sizes)
 
     def forward_training(self, enc: Dict[str, Tensor], targets: List[Dict]) -> Dict[str, Tensor]:
         """Training step after the encoder: select the queries, decode, and return the weighted
@@ -573,10 +627,10 @@ class TwoStageDeformableDETR(nn.Module):
         keep = labels < self.num_classes
         return scores[keep], labels[keep], boxes[keep]
 
-    def inference(
-        self, outputs: Dict[str, Tensor], images: ImageList, batched_inputs: List[Dict]
-    ) -> List[Dict[str, Instances]]:
-        """Top-k (query, class) pairs per image -> Instances in the requested output size.
+    def postprocess(
+        self, logits: Tensor, boxes: Tensor, output_sizes: Sequence[Tuple[int, int]]
+    ) -> List[Tuple[Tensor, Tensor, Tensor]]:
+        """Top-k (query, class) pairs per image, boxes in the output size.
 
         As the released DINO's post-processing: sigmoid scores, top-k over all (query, class)
         pairs (:meth:`select_detections`; the ranking-only rows' detections dropped after it,
@@ -585,22 +639,34 @@ class TwoStageDeformableDETR(nn.Module):
         ``detector_postprocess`` would do both).
 
         Args:
-            outputs: "pred_logits" (N, Q, K + U) and "pred_boxes" (N, Q, 4) of the last layer.
+            logits: (N, Q, K + U) and boxes: (N, Q, 4) normalised cxcywh, of the last layer.
+            output_sizes: N (height, width).
+
+        Returns:
+            per image: boxes (k, 4) XYXY in pixels of its output size, scores (k,), labels (k,).
         """
-        scores, labels, boxes = self.select_detections(
-            outputs["pred_logits"], outputs["pred_boxes"]
-        )
+        scores, labels, boxes = self.select_detections(logits, boxes)
         results = []
-        for i, (h, w) in enumerate(images.image_sizes):
-            height = batched_inputs[i].get("height", h)
-            width = batched_inputs[i].get("width", w)
-            r = Instances((height, width))
-            scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+        for i, (height, width) in enumerate(output_sizes):
             kept_scores, kept_labels, kept_boxes = self.real_detections(
                 scores[i], labels[i], boxes[i]
             )
-            r.pred_boxes = Boxes(kept_boxes * scale.to(boxes.device))
-            r.scores = kept_scores
-            r.pred_classes = kept_labels
+            scale = torch.tensor([width, height, width, height], dtype=boxes.dtype)
+            results.append((kept_boxes * scale.to(boxes.device), kept_scores, kept_labels))
+        return results
+
+    def inference(
+        self,
+        detections: List[Tuple[Tensor, Tensor, Tensor]],
+        output_sizes: Sequence[Tuple[int, int]],
+    ) -> List[Dict[str, Instances]]:
+        """:meth:`detect`'s detections as detectron2's outputs: {"instances": Instances} with
+        pred_boxes, scores, pred_classes, per image of the (height, width) ``output_sizes``."""
+        results = []
+        for (boxes, scores, labels), size in zip(detections, output_sizes):
+            r = Instances(tuple(size))
+            r.pred_boxes = Boxes(boxes)
+            r.scores = scores
+            r.pred_classes = labels
             results.append({"instances": r})
         return results

@@ -113,18 +113,20 @@ void backward_kernel(const scalar_t* grad_out, const scalar_t* value, const int6
       auto qm_at = [&](int64_t i) { return order[n * Lq + i] * M + m; };
       auto first_point = [&](int64_t i) { return qm_at(i) * LP + l * P; };
       for (int64_t iq = 0; iq < Lq; ++iq) {
-        ring.advance(
-            iq, Lq, lv,
-            [&](int64_t i) {  // this slice reads one row in M * D of grad_output
-              prefetch(grad_out + qm_at(i) * D, D * sizeof(scalar_t));
-              prefetch(locations + 2 * first_point(i), 2 * P * sizeof(scalar_t));
-              prefetch(weights + first_point(i), P * sizeof(scalar_t));
-            },
-            [&](int64_t i) { return locations + 2 * first_point(i); },
-            [&](const BilinearPoint<acc_t>& b) {
-              prefetch_corners(b, v, stride, D);
-              prefetch_corners<true>(b, grad_v, stride, D);
-            });
+        if (iq + kAhead < Lq) {  // this slice reads one row in M * D of grad_output
+          prefetch(grad_out + qm_at(iq + kAhead) * D, D * sizeof(scalar_t));
+          prefetch(locations + 2 * first_point(iq + kAhead), 2 * P * sizeof(scalar_t));
+          prefetch(weights + first_point(iq + kAhead), P * sizeof(scalar_t));
+        }
+        for (int64_t i = ring.new_begin(iq); i < ring.new_end(iq, Lq); ++i) {
+          ring.set_up(i, locations + 2 * first_point(i), lv);
+          for (int64_t p = 0; p < P; ++p) {
+            if (ring.inside(i)[p]) {
+              prefetch_corners(ring.points(i)[p], v, stride, D);
+              prefetch_corners<true>(ring.points(i)[p], grad_v, stride, D);
+            }
+          }
+        }
         const int64_t qm = qm_at(iq);
         for (int64_t d = 0; d < D; ++d) {
           g[d] = static_cast<acc_t>(grad_out[qm * D + d]);

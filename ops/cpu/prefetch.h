@@ -3,6 +3,7 @@
 // touch are asked for ahead of their use.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -44,36 +45,29 @@ inline void prefetch_corners(const BilinearPoint<acc_t>& b, const t* level, int6
 constexpr int64_t kAhead = 8;  // queries between the prefetch of a query's own rows and their use
 constexpr int64_t kLead = 4;   // queries between the prefetch of a point's corners and their use
 
-// The sweep of a backward's (n, m, l) slice task over the queries (i = 0 .. Lq-1 in the sweep's
-// order), with two prefetch distances. A query's own rows (grad_output, its locations...) are
-// asked for kAhead queries ahead. The P points of each query on the level are set up kLead
-// queries ahead, when their corner rows are asked for, and kept in a ring until used: a decoder's
-// corners lie anywhere in a large level, and a prefetch issued just before their use came too late.
+// The points of one level of a backward's (n, m, l) slice task, query after query of its sweep
+// (i = 0 .. Lq-1 in the sweep's order). The points of each query are set up kLead queries ahead,
+// when the kernel prefetches their corner rows, and kept in a ring until used: a decoder's corners
+// lie anywhere in a large level, and a prefetch issued just before their use came too late. (The
+// kernel issues the prefetches itself: GCC drops a call whose only effect is a prefetch, so they
+// cannot come through a callback.)
 template <typename acc_t>
 class PointRing {
  public:
   explicit PointRing(int64_t P) : P_(P), points_((kLead + 1) * P), inside_((kLead + 1) * P) {}
 
-  // Call for i = 0, 1, ..., Lq - 1 in turn before using the points of query i. Calls
-  // query_rows(i + kAhead), sets up the points of query i + kLead (at i = 0: of queries 0 to
-  // kLead) from the P (x, y) pairs at locations_of(query) on level `lv`, and calls corners(point)
-  // for each point inside the map.
-  template <typename QueryRows, typename Locations, typename Corners>
-  void advance(int64_t i, int64_t Lq, const Level& lv, QueryRows&& query_rows,
-               Locations&& locations_of, Corners&& corners) {
-    if (i + kAhead < Lq) {
-      query_rows(i + kAhead);
-    }
-    for (int64_t i2 = i == 0 ? 0 : i + kLead; i2 <= i + kLead && i2 < Lq; ++i2) {
-      const auto* loc = locations_of(i2);
-      BilinearPoint<acc_t>* b = &points_[i2 % (kLead + 1) * P_];
-      char* inside = &inside_[i2 % (kLead + 1) * P_];
-      for (int64_t p = 0; p < P_; ++p) {
-        inside[p] = bilinear_setup<acc_t>(loc[2 * p], loc[2 * p + 1], lv.H, lv.W, b[p]);
-        if (inside[p]) {
-          corners(b[p]);
-        }
-      }
+  // Before query i is used (i = 0, 1, ... in turn), the queries [new_begin(i), new_end(i, Lq))
+  // are set up: query i + kLead, and at i = 0 every query up to it.
+  static int64_t new_begin(int64_t i) { return i == 0 ? 0 : i + kLead; }
+  static int64_t new_end(int64_t i, int64_t Lq) { return std::min(i + kLead + 1, Lq); }
+
+  // Sets up the P points of query i from its P (x, y) pairs at `loc` on level `lv`.
+  template <typename loc_t>
+  void set_up(int64_t i, const loc_t* loc, const Level& lv) {
+    BilinearPoint<acc_t>* b = &points_[i % (kLead + 1) * P_];
+    char* inside = &inside_[i % (kLead + 1) * P_];
+    for (int64_t p = 0; p < P_; ++p) {
+      inside[p] = bilinear_setup<acc_t>(loc[2 * p], loc[2 * p + 1], lv.H, lv.W, b[p]);
     }
   }
 

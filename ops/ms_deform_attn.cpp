@@ -1,6 +1,5 @@
 // Schemas of the lite_detr ops and the input checks shared by their CPU and CUDA kernels.
 #include "ms_deform_attn.h"
-#include "cpu/gradient_buffers.h"
 #include "cpu/instruction_set.h"
 
 #include <c10/util/Exception.h>
@@ -212,8 +211,6 @@ TORCH_LIBRARY(lite_detr, m) {
       "Tensor attn) -> (Tensor grad_query, Tensor grad_value, Tensor grad_key, "
       "Tensor grad_sampling_locations)",
       tags);
-  // frees the storage that the CPU backwards keep for their next grad_value / grad_key
-  m.def("release_gradient_buffers() -> ()", &lite_detr::cpu::release_gradient_buffers);
   // "avx2" or "baseline": the build of the CPU kernels that runs (cpu/instruction_set.h)
   m.def("cpu_kernels() -> str", [] { return std::string(lite_detr::cpu::kernels_name()); });
 }

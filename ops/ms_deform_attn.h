@@ -44,6 +44,22 @@ void check_levels_host(const char* op, const at::Tensor& value, const at::Tensor
 void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& value,
                        const at::Tensor& sampling_locations);
 
+// The sizes of one call, named as in the layouts above (every kernel, CPU and CUDA, takes them).
+struct Sizes {
+  int64_t N, S, M, D, Lq, L, P;
+};
+
+inline Sizes sizes_of(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                      const at::Tensor& sampling_locations) {
+  return {value.size(0),
+          value.size(1),
+          value.size(2),
+          value.size(3),
+          sampling_locations.size(1),
+          spatial_shapes.size(0),
+          sampling_locations.size(4)};
+}
+
 // dtype of the saved softmax weights of the key-aware op: the kernels' accumulation type.
 inline at::ScalarType attn_dtype(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;

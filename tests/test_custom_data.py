@@ -81,6 +81,7 @@ def test_readme_custom_data_commands(tmp_path):
     assert "Model:\nDINO(" not in log  # the whole model is not printed
     assert re.search(r"iter: 0 ", log), "the first progress line comes after iteration 0"
     assert "Evaluation results for bbox" in log
+    assert "CPU run: freed memory is kept for reuse" in log
     for line in (run_dir / "metrics.json").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     saved = (run_dir / "config.yaml").read_text()

@@ -11,7 +11,6 @@ from .ms_deform_attn import (
     cpu_kernels,
     ms_deform_attn,
     ms_deform_attn_key_aware,
-    release_gradient_buffers,
 )
 
 __all__ = [
@@ -21,7 +20,6 @@ __all__ = [
     "compiled_ops_load_error",
     "cpu_kernels",
     "reference",
-    "release_gradient_buffers",
 ]
 
 register_default_flop_handles()  # plain fvcore / detectron2 FlopCountAnalysis count our ops

@@ -20,7 +20,6 @@ __all__ = [
     "ms_deform_attn_key_aware",
     "compiled_ops_available",
     "compiled_ops_load_error",
-    "release_gradient_buffers",
     "cpu_kernels",
 ]
 
@@ -73,20 +72,6 @@ def compiled_ops_available(device_type: str = "cpu") -> bool:
 def compiled_ops_load_error() -> str | None:
     """Why ``lite_detr._C`` could not be loaded, or None if it was."""
     return _LOAD_ERROR
-
-
-def release_gradient_buffers() -> None:
-    """
-    Free the memory that the compiled CPU backwards keep for their next gradient.
-
-    Each CPU backward keeps the storage of its largest gradients (grad_value, and grad_key of the
-    key-aware op; at most one per gradient, of at least 1 MiB) and reuses it in the next call once
-    that gradient has been freed, instead of having the system page in fresh memory each time
-    (half the decoder's forward+backward at 800x1333). That memory stays with the process until
-    this call, e.g. after training, before inference. A no-op without the compiled ops.
-    """
-    if _LOAD_ERROR is None and hasattr(torch.ops.lite_detr, "release_gradient_buffers"):
-        torch.ops.lite_detr.release_gradient_buffers()
 
 
 def cpu_kernels() -> str | None:

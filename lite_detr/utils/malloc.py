@@ -9,9 +9,11 @@ was ~20% of the time (benchmarks/README.md, "inference steps"). With mmap off an
 threshold high, a freed block stays in the heap and the next one of its size reuses it.
 
 The cost: the process keeps its peak heap for its lifetime (it does not shrink after a large
-image), which is what a detector serving images wants. Tools and benchmarks switch it on
-(:func:`reuse_freed_memory`); the library never does on import, since it changes the whole
-process. Only glibc (Linux) has these switches; elsewhere this is a no-op that says so.
+image), which is what a detector serving images wants, and what a CPU training run wants (the
+backward's gradients of value are as large). ``train_net.py`` (on CPU), the tools and the
+benchmarks switch it on (:func:`reuse_freed_memory`); the library never does on import, since it
+changes the whole process. Only glibc (Linux) has these switches; elsewhere this is a no-op that
+says so.
 """
 
 import contextlib

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "sampling.h"
@@ -29,14 +30,23 @@ constexpr int64_t kOrderTile = 8;  // tokens per side of the tiles of the spatia
 // swept in spatial order; the encoders (one query per token) are not.
 inline bool sparse_queries(int64_t Lq, int64_t P, int64_t tokens) { return 2 * Lq * P < tokens; }
 
-// The queries of every image in the order to sweep them: entry n * Lq + i is the index (n * Lq +
-// q) of the i-th query of image n, or an empty vector for the given order. The key of a query is
-// the tile (kOrderTile tokens square) of the largest level holding the mean of its points there,
-// over every head; ties keep their given order (a stable sort).
+// The order of the queries of every image: order[n * Lq + i] is the index n * Lq + q of the
+// i-th query of image n.
+class QueryOrder {
+ public:
+  explicit QueryOrder(std::vector<int64_t> order) : order_(std::move(order)) {}
+  int64_t operator[](int64_t i) const { return order_.empty() ? i : order_[i]; }
+
+ private:
+  std::vector<int64_t> order_;  // empty: the given order
+};
+
+// The order in which to sweep the queries. The key of a query is the tile (kOrderTile tokens
+// square) of the largest level holding the mean of its points there, over every head; ties keep
+// their given order (a stable sort). Not sparse_queries(): the given order.
 template <typename scalar_t>
-std::vector<int64_t> query_order(const scalar_t* locations, const int64_t* shapes,
-                                 const int64_t* starts, int64_t N, int64_t S, int64_t Lq, int64_t M,
-                                 int64_t L, int64_t P) {
+QueryOrder query_order(const scalar_t* locations, const int64_t* shapes, const int64_t* starts,
+                       int64_t N, int64_t S, int64_t Lq, int64_t M, int64_t L, int64_t P) {
   int64_t largest = 0, tokens = 0;
   for (int64_t l = 0; l < L; ++l) {
     const Level lv = level_at(shapes, starts, l, S);
@@ -46,7 +56,7 @@ std::vector<int64_t> query_order(const scalar_t* locations, const int64_t* shape
     }
   }
   if (tokens == 0 || !sparse_queries(Lq, P, tokens)) {
-    return {};
+    return QueryOrder({});
   }
   const Level lv = level_at(shapes, starts, largest, S);
   const int64_t tiles_x = (lv.W + kOrderTile - 1) / kOrderTile;
@@ -75,7 +85,7 @@ std::vector<int64_t> query_order(const scalar_t* locations, const int64_t* shape
     std::stable_sort(order.begin() + n * Lq, order.begin() + (n + 1) * Lq,
                      [&](int64_t a, int64_t b) { return key[a] < key[b]; });
   }
-  return order;
+  return QueryOrder(std::move(order));
 }
 
 }  // namespace cpu

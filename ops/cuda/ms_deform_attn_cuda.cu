@@ -26,10 +26,6 @@ using cuda::warp_sum;
 constexpr const char* kForward = "lite_detr::ms_deform_attn";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_backward";
 
-struct Sizes {
-  int64_t N, S, M, D, Lq, L, P;
-};
-
 template <typename scalar_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ value,
                                const int64_t* __restrict__ shapes,
@@ -123,17 +119,6 @@ __global__ void backward_kernel(
       }
     }
   }
-}
-
-Sizes sizes_of(const at::Tensor& value, const at::Tensor& spatial_shapes,
-               const at::Tensor& sampling_locations) {
-  return {value.size(0),
-          value.size(1),
-          value.size(2),
-          value.size(3),
-          sampling_locations.size(1),
-          spatial_shapes.size(0),
-          sampling_locations.size(4)};
 }
 
 int64_t check_grid(const char* op, const Sizes& s) {

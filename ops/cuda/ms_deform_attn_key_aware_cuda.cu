@@ -34,10 +34,6 @@ constexpr const char* kForward = "lite_detr::ms_deform_attn_key_aware";
 constexpr const char* kBackward = "lite_detr::ms_deform_attn_key_aware_backward";
 constexpr int64_t kMaxChannels = 8 * kWarpSize;  // VPT <= 8 registers per lane
 
-struct Sizes {
-  int64_t N, S, M, D, Lq, L, P;
-};
-
 // v[i] (and k[i]) = bilinear sample of channel lane + 32 i; zero when the point is invalid.
 template <int VPT, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void gather(const scalar_t* __restrict__ src, int64_t offset,
@@ -252,17 +248,6 @@ __global__ void backward_kernel(
       grad_query[qm * s.D + d] = static_cast<scalar_t>(grad_q[i] * scale);
     }
   }
-}
-
-Sizes sizes_of(const at::Tensor& value, const at::Tensor& spatial_shapes,
-               const at::Tensor& sampling_locations) {
-  return {value.size(0),
-          value.size(1),
-          value.size(2),
-          value.size(3),
-          sampling_locations.size(1),
-          spatial_shapes.size(0),
-          sampling_locations.size(4)};
 }
 
 int64_t check_sizes(const char* op, const Sizes& s) {

@@ -182,6 +182,15 @@ class ChannelLoops {
     }
   }
 
+  // out[c] = rows[c] . (a x + b y) at the four corners of a point
+  void corner_dots_of_sum(const scalar_t* const rows[4], acc_t a, const acc_t* x, acc_t b,
+                          const acc_t* y, acc_t out[4]) {
+    for (int64_t d = 0; d < D(); ++d) {
+      acc_[d] = a * x[d] + b * y[d];
+    }
+    corner_dots(rows, acc_.data(), out);
+  }
+
   // At each corner c of `b` inside the map (its row at token * stride in v and grad_v):
   // grad_v[c] += a w_c g and g_dot_v[c] = V_c . g (the other entries are left as they are)
   void dot_axpy_corners(const BilinearPoint<acc_t>& b, const scalar_t* v, acc_t* grad_v,

@@ -148,7 +148,7 @@ void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const
     Loops loops(D);
     // per-task buffers: g and q, the samples, g . v_j, the gradients of the samples of one point
     std::vector<acc_t> g(D), q(D), v(LP * D), k(key ? LP * D : 0), g_dot_v(LP), w(4 * LP);
-    std::vector<acc_t> grad_vj(D), grad_kj(key ? D : 0);
+    std::vector<acc_t> grad_vj(key ? D : 0), grad_kj(key ? D : 0);
     std::vector<const scalar_t*> rows(4 * LP), key_rows(key ? 4 * LP : 0);
     std::vector<BilinearPoint<acc_t>> points(LP);
     std::vector<char> inside(LP);
@@ -203,11 +203,8 @@ void backward_dots_kernel(const scalar_t* grad_out, const scalar_t* query, const
               for (int c = 0; c < 4; ++c) {
                 d_corner[c] += k_part[c];
               }
-            } else {
-              for (int64_t d = 0; d < D; ++d) {
-                grad_vj[d] = dk * q[d] + a[j] * g[d];  // k = v: one gradient for the sample
-              }
-              loops.corner_dots(&rows[4 * j], grad_vj.data(), d_corner);
+            } else {  // k = v: one gradient for the sample, dk q + a_j g
+              loops.corner_dots_of_sum(&rows[4 * j], dk, q.data(), a[j], g.data(), d_corner);
             }
             const BilinearPoint<acc_t>& b = points[j];
             acc_t g_x = 0, g_y = 0;

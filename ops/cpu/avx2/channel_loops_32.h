@@ -118,17 +118,24 @@ class ChannelLoops32 {
   }
 
   void corner_dots(const float* const rows[4], const float* x, float out[4]) {
-    __m256 xs[4], sums[4];
+    __m256 xs[4];
     for (int k = 0; k < 4; ++k) {
       xs[k] = _mm256_loadu_ps(x + 8 * k);
     }
-    for (int c = 0; c < 4; ++c) {
-      sums[c] = _mm256_mul_ps(xs[0], _mm256_loadu_ps(rows[c]));
-      for (int k = 1; k < 4; ++k) {
-        sums[c] = _mm256_fmadd_ps(xs[k], _mm256_loadu_ps(rows[c] + 8 * k), sums[c]);
-      }
+    corner_dots_in_registers(rows, xs, out);
+  }
+
+  // a x + b y is formed in registers (it is the per-point gradient of pass 1: through a buffer
+  // it cost a store and a reload of 32 floats at every point)
+  void corner_dots_of_sum(const float* const rows[4], float a, const float* x, float b,
+                          const float* y, float out[4]) {
+    const __m256 a8 = _mm256_set1_ps(a), b8 = _mm256_set1_ps(b);
+    __m256 xs[4];
+    for (int k = 0; k < 4; ++k) {
+      xs[k] = _mm256_fmadd_ps(a8, _mm256_loadu_ps(x + 8 * k),
+                              _mm256_mul_ps(b8, _mm256_loadu_ps(y + 8 * k)));
     }
-    reduce4(sums, out);
+    corner_dots_in_registers(rows, xs, out);
   }
 
   // dot_axpy() at the four corners at once; the corners outside the map read a row of zeros and
@@ -154,6 +161,19 @@ class ChannelLoops32 {
   }
 
  private:
+  // corner_dots() of x = xs[0..3], 8 channels each
+  static void corner_dots_in_registers(const float* const rows[4], const __m256 xs[4],
+                                       float out[4]) {
+    __m256 sums[4];
+    for (int c = 0; c < 4; ++c) {
+      sums[c] = _mm256_mul_ps(xs[0], _mm256_loadu_ps(rows[c]));
+      for (int k = 1; k < 4; ++k) {
+        sums[c] = _mm256_fmadd_ps(xs[k], _mm256_loadu_ps(rows[c] + 8 * k), sums[c]);
+      }
+    }
+    reduce4(sums, out);
+  }
+
   std::array<float, 32> zeros_{};
   std::array<float, 32> scratch_{};
 };

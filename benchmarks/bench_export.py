@@ -37,6 +37,8 @@ import functools
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -59,13 +61,16 @@ from lite_detr.export import (
     selection_session,
     write_optimized_onnx,
 )
-from lite_detr.precision import BF16_CPU_FLAGS, bf16_inference, cpu_bf16_support, cpu_flags
-
-# isort: split
-# the sibling script (this folder is on sys.path when a script here runs)
-from bench_precision import DEMO_WEIGHTS, compare_precisions, demo_config, match_detections
+from lite_detr.precision import (
+    BF16_CPU_FLAGS,
+    bf16_inference,
+    cpu_bf16_support,
+    cpu_flags,
+    match_detections,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_WEIGHTS = os.path.join("output", "demo", "model_final.pth")  # what `make demo` writes
 
 DEFAULT_CONFIG = os.path.join(
     ROOT, "projects", "lite_dino", "configs", "lite_dino_r50_4scale_h3l1_a2b3_36ep.py"
@@ -92,7 +97,7 @@ def cpu_description() -> str:
 
 def bf16_agreement(expected, actual, iou: float = 0.9, score: float = 0.05) -> str:
     """How many of ``expected``'s detections (boxes, scores, labels) ``actual`` reproduces
-    (``bench_precision.match_detections``: same label, box IoU >= ``iou``, score within
+    (``lite_detr.precision.match_detections``: same label, box IoU >= ``iou``, score within
     ``score``, one-to-one), and how many of the top 100 labels are equal in order."""
     matched, worst = match_detections(expected, actual, iou, score)
     labels, o_labels = torch.as_tensor(expected[2]), torch.as_tensor(actual[2])
@@ -342,9 +347,9 @@ def main(argv=None):
         print("\nno bfloat16 instructions: no bf16 AP")
     elif args.ap_weights:
         print(f"\nbf16 vs fp32 AP ({os.path.basename(__file__)} --ap-weights):")
-        cfg = demo_config(args.ap_weights, None, [])
-        if cfg is not None:
-            print("\n".join(compare_precisions(cfg, args.ap_weights)))
+        # bench_precision.py does it (a script of its own: scripts share code through the library)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_precision.py")
+        subprocess.run([sys.executable, script, "--weights", args.ap_weights], check=False)
 
 
 if __name__ == "__main__":

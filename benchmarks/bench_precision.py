@@ -20,46 +20,23 @@ import os
 import sys
 import time
 
+import lite_detr  # noqa: F401  (first: quiets fvcore's import warning, see lite_detr/__init__.py)
+
+# isort: split
 import torch
 from detectron2.config import instantiate
-from detectron2.structures import Boxes, pairwise_iou
 
 from lite_detr.checkpoint import LiteDetrCheckpointer
 from lite_detr.config import load_config
-from lite_detr.precision import BF16_CPU_FLAGS, bf16_inference, cpu_bf16_support
+from lite_detr.precision import (
+    BF16_CPU_FLAGS,
+    bf16_inference,
+    cpu_bf16_support,
+    match_detections,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_WEIGHTS = os.path.join("output", "demo", "model_final.pth")
-
-
-def match_detections(expected, actual, iou: float = 0.9, score: float = 0.05):
-    """
-    Pair ``expected``'s detections with ``actual``'s: same label, box IoU >= ``iou``, score
-    within ``score``; each paired once, greedily by descending expected score.
-
-    Args:
-        expected, actual: (boxes (N, 4) XYXY, scores (N,), labels (N,)) each.
-
-    Returns:
-        matched (Tensor): (N,) bool, per expected detection; worst (float): the largest score
-        difference over the pairs.
-    """
-    boxes, scores, labels = (torch.as_tensor(t) for t in expected)
-    o_boxes, o_scores, o_labels = (torch.as_tensor(t) for t in actual)
-    ious = pairwise_iou(Boxes(boxes.float()), Boxes(o_boxes.float()))
-    ok = (labels[:, None] == o_labels[None].to(labels.dtype)) & (ious >= iou)
-    ok &= (scores[:, None] - o_scores[None]).abs() <= score
-    free = torch.ones(len(o_scores), dtype=torch.bool)
-    matched = torch.zeros(len(scores), dtype=torch.bool)
-    worst = 0.0
-    for i in scores.argsort(descending=True).tolist():
-        candidates = (ok[i] & free).nonzero().flatten()
-        if len(candidates):
-            j = candidates[(o_scores[candidates] - scores[i]).abs().argmin()]
-            free[j] = False
-            matched[i] = True
-            worst = max(worst, float((o_scores[j] - scores[i]).abs()))
-    return matched, worst
 
 
 def _instances(output):

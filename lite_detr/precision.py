@@ -23,9 +23,11 @@ import logging
 from typing import Iterator, Set
 
 import torch
+from detectron2.structures import Boxes, pairwise_iou
 from torch import nn
 
 __all__ = [
+    "match_detections",
     "BF16_CPU_FLAGS",
     "FLOAT32_MODULES",
     "PRECISIONS",
@@ -135,3 +137,33 @@ def bf16_inference(model: nn.Module, precision: str = "bf16") -> Iterator[str]:
     keep_float32_heads(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         yield precision
+
+
+def match_detections(expected, actual, iou: float = 0.9, score: float = 0.05):
+    """
+    Pair ``expected``'s detections with ``actual``'s: same label, box IoU >= ``iou``, score
+    within ``score``; each paired once, greedily by descending expected score.
+
+    Args:
+        expected, actual: (boxes (N, 4) XYXY, scores (N,), labels (N,)) each.
+
+    Returns:
+        matched (Tensor): (N,) bool, per expected detection; worst (float): the largest score
+        difference over the pairs.
+    """
+    boxes, scores, labels = (torch.as_tensor(t) for t in expected)
+    o_boxes, o_scores, o_labels = (torch.as_tensor(t) for t in actual)
+    ious = pairwise_iou(Boxes(boxes.float()), Boxes(o_boxes.float()))
+    ok = (labels[:, None] == o_labels[None].to(labels.dtype)) & (ious >= iou)
+    ok &= (scores[:, None] - o_scores[None]).abs() <= score
+    free = torch.ones(len(o_scores), dtype=torch.bool)
+    matched = torch.zeros(len(scores), dtype=torch.bool)
+    worst = 0.0
+    for i in scores.argsort(descending=True).tolist():
+        candidates = (ok[i] & free).nonzero().flatten()
+        if len(candidates):
+            j = candidates[(o_scores[candidates] - scores[i]).abs().argmin()]
+            free[j] = False
+            matched[i] = True
+            worst = max(worst, float((o_scores[j] - scores[i]).abs()))
+    return matched, worst

@@ -20,6 +20,7 @@ LAYERS = [
     {
         "checkpoint",
         "data",
+        "deploy",
         "evaluation",
         "export",
         "imagenet_weights",

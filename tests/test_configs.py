@@ -313,3 +313,26 @@ def test_readme_encoder_swap_works_on_the_cpu_config():
     )
     model = instantiate(cfg.model)
     assert isinstance(model.encoder, DeformableEncoder) and len(model.encoder.layers) == 6
+
+
+@pytest.mark.parametrize(
+    "path, old",
+    [
+        ("projects/lite_dino/configs/lite_dino_r18_shapes_cpu.py", "LiteDINO"),
+        ("projects/lite_h_detr/configs/models/lite_h_detr_r50.py", "LiteHDETR"),
+    ],
+)
+def test_config_saved_with_the_old_lite_class_names_still_builds(path, old, tmp_path):
+    # runs saved before the Lite* subclasses were dropped name them in their config.yaml
+    cfg = load(path)
+    saved = str(tmp_path / "config.yaml")
+    LazyConfig.save(cfg, saved)
+    with open(saved) as f:
+        text = f.read()
+    new = old[len("Lite") :]
+    assert f"lite_detr.modeling.{new}\n" in text
+    with open(saved, "w") as f:
+        f.write(text.replace(f"lite_detr.modeling.{new}\n", f"lite_detr.modeling.{old}\n"))
+    model = LazyConfig.load(saved).model
+    assert model._target_ == f"lite_detr.modeling.{old}"
+    assert type(instantiate(model)).__name__ == new

@@ -9,7 +9,15 @@ from .decoders import DeformableDecoder, DeformableDecoderLayer
 from .denoising import ContrastiveDenoising
 from .encoders import DeformableEncoder, InterleavedEncoder
 from .matcher import HungarianMatcher
-from .meta_arch import DINO, HDETR, DeformableDETR, TwoStageDeformableDETR
+from .meta_arch import (  # noqa: F401  (the Lite* aliases: configs saved before 2026-12-08 name them)
+    DINO,
+    HDETR,
+    DeformableDETR,
+    LiteDeformableDETR,
+    LiteDINO,
+    LiteHDETR,
+    TwoStageDeformableDETR,
+)
 
 __all__ = [
     "DINO",

@@ -10,3 +10,9 @@ from .h_detr import HDETR
 from .two_stage import TwoStageDeformableDETR, VariantTag
 
 __all__ = ["DINO", "DeformableDETR", "HDETR", "TwoStageDeformableDETR", "VariantTag"]
+
+# The names of the Lite* subclasses these once had: the config.yaml a run saved before they were
+# dropped names them as `_target_`, and such a file must still load (evaluate, resume, demo).
+LiteDINO = DINO
+LiteDeformableDETR = DeformableDETR
+LiteHDETR = HDETR
